@@ -1,0 +1,92 @@
+"""`loc-unlearn <command> [--config file.yaml] key=value ...`
+
+Every command resolves one `Config` (config.py) and calls a plain function in `stages.py` or a study
+module. Short keys per command (`method=npo`) are aliases for dotted keys (`unlearn.method=npo`).
+User mistakes (UserError) print one paragraph and exit 2; no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import UserError
+
+# command -> (module:function, aliases, help)
+COMMON = {"model": "model.path", "data": "data.source", "seed": None}
+COMMANDS: dict[str, tuple[str, dict, str]] = {
+    "data generate": ("loc_unlearn.stages:cmd_data_generate",
+                      {"n_authors": "data.n_authors", "qa_per_author": "data.qa_per_author", "seed": "data.seed"},
+                      "write the offline synthetic author world (TOFU format) to out=DIR"),
+    "finetune": ("loc_unlearn.stages:cmd_finetune", {"split": "finetune.split", "seed": "finetune.train.seed"},
+                 "fine-tune all parameters on a split (theta_r: split=retain90; split=full)"),
+    "inject": ("loc_unlearn.stages:cmd_inject",
+               {"mask": "inject.mask", "ratio": "inject.ratio", "seed": "inject.seed"},
+               "inject the forget set into a (random 10%) value-vector region of theta_r -> theta_o"),
+    "localize": ("loc_unlearn.stages:cmd_localize",
+                 {"method": "localize.method", "ratio": "localize.ratio", "scope": "localize.scope",
+                  "seed": "localize.seed", "source_mask": "localize.source_mask", "compare": "localize.compare"},
+                 "score value vectors and write a mask"),
+    "unlearn": ("loc_unlearn.stages:cmd_unlearn", {"method": "unlearn.method", "mask": "unlearn.mask"},
+                "masked unlearning; saves and evaluates the trajectory"),
+    "evaluate": ("loc_unlearn.stages:cmd_evaluate", {"reference": "eval.reference"},
+                 "ES/FS/RS, FQ, MU of a model; writes metrics.json"),
+    "study controlled": ("loc_unlearn.studies.controlled:cmd_study", {"seeds": "study.seeds", "methods": "study.methods"},
+                         "Oracle vs Random: the paper's causal test (SPEC §7)"),
+    "study localization": ("loc_unlearn.studies.localization_benchmark:cmd_study",
+                           {"methods": "study.methods", "localizers": "study.localizers"},
+                           "localization methods vs random (SPEC §8, Table 1)"),
+    "study output_fit": ("loc_unlearn.studies.output_fit:cmd_study", {}, "per-layer output reproduction (SPEC §9)"),
+    "demo": ("loc_unlearn.studies.controlled:cmd_demo", {"seeds": "study.seeds", "methods": "study.methods"},
+             "the controlled study on the tiny preset + output fit + report"),
+    "report": ("loc_unlearn.report:cmd_report", {}, "rebuild the report of a study run dir: report RUN_DIR"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: loc-unlearn <command> [--config FILE.yaml] [key=value ...]", "", "commands:"]
+    for name, (_, _, help_) in COMMANDS.items():
+        lines.append(f"  {name:20s} {help_}")
+    lines += ["", "Keys are dotted paths into the config (e.g. unlearn.train.lr=1e-4); see config.py.",
+              "preset=tiny|smol|paper-llama3.1-8b|paper-olmo2-7b picks the scale."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name = argv[0]
+    rest = argv[1:]
+    if f"{name} {rest[0] if rest else ''}".strip() in COMMANDS and rest:
+        name, rest = f"{name} {rest[0]}", rest[1:]
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}; known commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    target, aliases, help_ = COMMANDS[name]
+    parser = argparse.ArgumentParser(prog=f"loc-unlearn {name}", description=help_)
+    parser.add_argument("--config", default=None, help="YAML file with config values")
+    parser.add_argument("positional", nargs="*", help="key=value overrides (report: RUN_DIR)")
+    args = parser.parse_args(rest)
+    overrides = [a for a in args.positional if "=" in a]
+    positional = [a for a in args.positional if "=" not in a]
+    all_aliases = {k: v for k, v in COMMON.items() if v} | aliases
+    try:
+        from .config import build_config
+
+        cfg = build_config(config_file=args.config, overrides=overrides, aliases=all_aliases)
+        module, fn = target.split(":")
+        func = getattr(importlib.import_module(module), fn)
+        func(cfg, *positional) if positional else func(cfg)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; completed stages are kept and a rerun resumes", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,6 @@
+import os
+
+os.environ.setdefault("LOC_UNLEARN_QUIET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
