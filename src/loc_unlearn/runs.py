@@ -1,0 +1,101 @@
+"""Content-addressed run directories (DESIGN "Runs, artifacts, resume").
+
+A stage's directory is `runs_dir/<stage>/<hash>` where the hash covers the config sections the stage
+uses and the fingerprints of its inputs (other runs' manifests, data files). A run is complete when its
+`manifest.json` exists: it is written last, atomically, and lists the sha256 of every file. So a crash
+at any point leaves either a complete run or one without a manifest, which is resumed (the stage's own
+code resumes from its last checkpoint) and never taken as complete. A complete run whose files no
+longer match the manifest (truncated, edited) is refused with a CheckpointError.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .errors import CheckpointError
+from .utils import log, sha256_file, sha256_json, write_json_atomic, write_text_atomic
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class Run:
+    path: Path
+    stage: str
+    key: dict
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    def is_complete(self) -> bool:
+        return self.manifest_path.is_file()
+
+    def manifest(self) -> dict:
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{self.manifest_path}: unreadable manifest ({e}); delete {self.path} to recompute") from None
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the manifest: changes whenever any file of the run changes."""
+        return sha256_file(self.manifest_path)
+
+    def metrics(self) -> dict:
+        return json.loads((self.path / "metrics.json").read_text())
+
+    def verify(self) -> None:
+        """Check every file against the manifest's sha256 (detects truncation and edits)."""
+        for rel, info in self.manifest()["files"].items():
+            f = self.path / rel
+            if not f.is_file():
+                raise CheckpointError(f"{f}: listed in {self.manifest_path} but missing; delete {self.path} to recompute")
+            if f.stat().st_size != info["size"] or sha256_file(f) != info["sha256"]:
+                raise CheckpointError(
+                    f"{f}: sha256 does not match {self.manifest_path} (file truncated or altered); "
+                    f"refusing to use it. Delete {self.path} to recompute.")
+
+    def finish(self, metrics: dict) -> None:
+        write_json_atomic(self.path / "metrics.json", metrics)
+        write_text_atomic(self.path / "config.yaml", yaml.safe_dump(self.key, sort_keys=False))
+        files = {}
+        for f in sorted(self.path.rglob("*")):
+            if f.is_file() and f.name != MANIFEST and not f.name.startswith(".tmp-"):
+                rel = str(f.relative_to(self.path))
+                files[rel] = {"sha256": sha256_file(f), "size": f.stat().st_size}
+        write_json_atomic(self.manifest_path, {"stage": self.stage, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                               "files": files})
+
+
+def get_run(runs_dir: str | Path, stage: str, key: dict[str, Any]) -> Run:
+    h = sha256_json(key)[:16]
+    path = Path(runs_dir) / stage / h
+    path.mkdir(parents=True, exist_ok=True)
+    return Run(path=path, stage=stage, key=key)
+
+
+def cached(runs_dir: str | Path, stage: str, key: dict[str, Any], build: Callable[[Path], dict],
+           verify: bool = True) -> Run:
+    """Return the complete run for (stage, key), building it with `build(path) -> metrics` if needed.
+
+    `build` must itself be resumable (e.g. the training loop resumes from its last checkpoint), since an
+    interrupted build is called again on the same directory.
+    """
+    run = get_run(runs_dir, stage, key)
+    if run.is_complete():
+        if verify:
+            run.verify()
+        log(f"{stage}: reusing complete run {run.path}")
+        return run
+    log(f"{stage}: running in {run.path}")
+    t0 = time.time()
+    metrics = build(run.path) or {}
+    metrics.setdefault("elapsed_s", round(time.time() - t0, 2))
+    run.finish(metrics)
+    return run
