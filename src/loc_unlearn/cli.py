@@ -13,12 +13,13 @@ import sys
 from .errors import UserError
 
 # command -> (module:function, aliases, help)
-COMMON = {"model": "model.path", "data": "data.source", "seed": None}
+COMMON = {"model": "input_model", "data": "data.source"}
 COMMANDS: dict[str, tuple[str, dict, str]] = {
     "data generate": ("loc_unlearn.stages:cmd_data_generate",
                       {"n_authors": "data.n_authors", "qa_per_author": "data.qa_per_author", "seed": "data.seed"},
                       "write the offline synthetic author world (TOFU format) to out=DIR"),
-    "finetune": ("loc_unlearn.stages:cmd_finetune", {"split": "finetune.split", "seed": "finetune.train.seed"},
+    "finetune": ("loc_unlearn.stages:cmd_finetune",
+                 {"split": "finetune.split", "seed": "finetune.train.seed", "model": "model.path"},
                  "fine-tune all parameters on a split (theta_r: split=retain90; split=full)"),
     "inject": ("loc_unlearn.stages:cmd_inject",
                {"mask": "inject.mask", "ratio": "inject.ratio", "seed": "inject.seed"},

@@ -227,6 +227,9 @@ class Config:
     """Name of the preset YAML applied before everything else (recorded for reference)."""
     runs_dir: str = "runs"
     """Where run directories, caches and reports go."""
+    input_model: str = ""
+    """The model a command operates on (`model=` of evaluate/localize/inject/unlearn): a run directory,
+    a model folder or a hub id. (`model.path` is the preset's base model instead.)"""
     out: str = ""
     """Output folder for commands that write one (data generate, localize, evaluate); empty = a run dir."""
     data: DataConfig = field(default_factory=DataConfig)
