@@ -9,6 +9,7 @@ longer match the manifest (truncated, edited) is refused with a CheckpointError.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from .errors import CheckpointError
 from .utils import log, sha256_file, sha256_json, write_json_atomic, write_text_atomic
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 
 
 @dataclass
@@ -66,7 +68,7 @@ class Run:
         write_text_atomic(self.path / "config.yaml", yaml.safe_dump(self.key, sort_keys=False))
         files = {}
         for f in sorted(self.path.rglob("*")):
-            if f.is_file() and f.name != MANIFEST and not f.name.startswith(".tmp-"):
+            if f.is_file() and f.name not in (MANIFEST, LOCK) and not f.name.startswith(".tmp-"):
                 rel = str(f.relative_to(self.path))
                 files[rel] = {"sha256": sha256_file(f), "size": f.stat().st_size}
         write_json_atomic(self.manifest_path, {"stage": self.stage, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -88,14 +90,19 @@ def cached(runs_dir: str | Path, stage: str, key: dict[str, Any], build: Callabl
     interrupted build is called again on the same directory.
     """
     run = get_run(runs_dir, stage, key)
-    if run.is_complete():
-        if verify:
-            run.verify()
-        log(f"{stage}: reusing complete run {run.path}")
-        return run
-    log(f"{stage}: running in {run.path}")
-    t0 = time.time()
-    metrics = build(run.path) or {}
-    metrics.setdefault("elapsed_s", round(time.time() - t0, 2))
-    run.finish(metrics)
+    if not run.is_complete():
+        # An exclusive lock, so two processes (cluster jobs, two terminals) never build one run at once;
+        # the second waits and then finds it complete.
+        with open(run.path / LOCK, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not run.is_complete():
+                log(f"{stage}: running in {run.path}")
+                t0 = time.time()
+                metrics = build(run.path) or {}
+                metrics.setdefault("elapsed_s", round(time.time() - t0, 2))
+                run.finish(metrics)
+                return run
+    if verify:
+        run.verify()
+    log(f"{stage}: reusing complete run {run.path}")
     return run

@@ -1,0 +1,83 @@
+"""Localization methods vs random (the paper's Table 1; SPEC §8).
+
+A model fine-tuned on the full dataset; for each localization method a mask of `localize.ratio` over
+value vectors from forget/retain data; for each unlearning method, masked unlearning on the forget
+split; AUES and MU95 per (localizer, method). FQ reference = the retain-only model theta_r.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from .. import stages
+from ..config import Config
+from ..runs import cached
+from ..utils import progress
+from .executor import execute
+
+
+def _models(cfg: Config) -> tuple[stages.ModelRef, stages.ModelRef]:
+    full = stages.finetune(dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, split="full")))
+    ret = stages.finetune(dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune,
+                                                                                split=stages.retain_split(cfg))))
+    return full, ret
+
+
+def enumerate_jobs(cfg: Config) -> list[dict]:
+    return [{"localizer": loc, "method": m} for loc in cfg.study.localizers for m in cfg.study.methods]
+
+
+def _mask(cfg: Config, model: stages.ModelRef, localizer: str) -> Path:
+    lcfg = dataclasses.replace(cfg.localize, method=localizer, source_mask="")
+    return stages.localize(cfg, model, lcfg)
+
+
+def run_job(cfg: Config, job: dict) -> dict:
+    full, ret = _models(cfg)
+    mask = _mask(cfg, full, job["localizer"])
+    run = stages.unlearn(cfg, full, mask, ret, dataclasses.replace(cfg.unlearn, method=job["method"]))
+    met = run.metrics()
+    return {**job, "aues": met["aues"], "mu95": met["mu95"], "mu95_not_reached": met["mu95_not_reached"],
+            "trajectory": met["trajectory"], "run_dir": str(run.path)}
+
+
+def run_study(cfg: Config) -> Path:
+    from ..masks.mask import Mask
+    from ..report import build_report
+    from ..utils import write_json_atomic
+
+    t0 = time.time()
+    key = {"study": "localization", "config": asdict(cfg) | {"runs_dir": "", "out": "", "input_model": ""}}
+
+    def build(p: Path) -> dict:
+        full, _ = _models(cfg)
+        masks = {loc: _mask(cfg, full, loc) for loc in progress(cfg.study.localizers, desc="localize")}
+        runs = execute(cfg, run_job, enumerate_jobs(cfg), "unlearning runs")
+        res = {"study": "localization", "preset": cfg.preset, "config": key["config"], "ratio": cfg.localize.ratio,
+               "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": runs,
+               "masks": [{"localizer": loc, "per_layer_counts": Mask.load(m).per_layer_counts()}
+                         for loc, m in masks.items()],
+               "elapsed_s": round(time.time() - t0, 1)}
+        write_json_atomic(p / "results.json", res)
+        build_report(p)
+        return {"elapsed_s": res["elapsed_s"]}
+
+    return cached(cfg.runs_dir, "study-localization", key, build).path
+
+
+def cmd_study(cfg: Config) -> None:
+    import json
+
+    d = run_study(cfg)
+    res = json.loads((d / "results.json").read_text())
+    methods = cfg.study.methods
+    print(f"\n{'localizer':12s} " + " ".join(f"{m + ' AUES':>10s} {m + ' MU95':>10s}" for m in methods))
+    for loc in cfg.study.localizers:
+        cells = []
+        for m in methods:
+            r = next(x for x in res["runs"] if x["localizer"] == loc and x["method"] == m)
+            cells.append(f"{r['aues']:10.3f} {r['mu95']:10.2f}")
+        print(f"{loc:12s} " + " ".join(cells))
+    print(f"\nreport: {d / 'report.html'}\n        {d / 'report.md'}\nresults: {d / 'results.json'}")
