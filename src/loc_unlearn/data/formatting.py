@@ -1,0 +1,109 @@
+"""QA -> token ids, labels and batches (SPEC preamble: labels -100 on the prompt, eos trained but
+excluded from metrics, attention mask from lengths, never from pad_token_id)."""
+from __future__ import annotations
+
+import random
+
+import torch
+
+from ..errors import DataError
+
+IGNORE = -100
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def prompt_text(tokenizer, question: str) -> str:
+    """The question as the model sees it: its chat template (with the generation prompt) if it has
+    one, else the plain TOFU-style `Question: {q}\\nAnswer:`."""
+    if has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                             add_generation_prompt=True)
+    return f"Question: {question}\nAnswer:"
+
+
+def _ids(tokenizer, text: str, special: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+def encode_qa(tokenizer, question: str, answer: str, max_length: int | None = None) -> dict:
+    """Prompt ids + answer ids + eos id, with labels -100 on the prompt (contracts.md, SPEC preamble).
+
+    Prompt and answer are tokenized separately so the boundary is clean (no token straddles it and
+    the number of answer tokens does not depend on the question). A chat-template prompt already
+    holds its own special tokens (bos), so it is tokenized without adding more; the plain prompt gets
+    the tokenizer's usual ones. Truncation to `max_length` keeps the whole prompt and cuts the answer;
+    a cut answer gets no eos (training "stop here" mid-sentence would teach early stopping).
+    """
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise DataError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no eos_token_id; "
+                        "set tokenizer.eos_token (the end-of-turn token) before encoding")
+    if not answer.strip():
+        raise DataError(f"answer to question {question!r} is empty")
+    chat = has_chat_template(tokenizer)
+    p = _ids(tokenizer, prompt_text(tokenizer, question), special=not chat)
+    a = _ids(tokenizer, answer if chat else " " + answer, special=False)
+    if not a:
+        raise DataError(f"answer to question {question!r} is empty after tokenization")
+    tail = [eos]
+    if max_length:
+        if len(p) + 1 > max_length:  # at least one answer token must fit
+            raise DataError(f"question {question!r} alone takes {len(p)} tokens; max_length={max_length} "
+                            "leaves no room for its answer (raise max_length or shorten the question)")
+        if len(p) + len(a) + 1 > max_length:
+            a, tail = a[: max_length - len(p)], []
+    ids = p + a + tail
+    return {"input_ids": ids, "labels": [IGNORE] * len(p) + a + tail, "n_prompt": len(p), "n_answer": len(a)}
+
+
+def encode_rows(tokenizer, rows: list[dict], max_length: int | None = None, answer_key: str = "answer") -> list[dict]:
+    """encode_qa over TOFU rows, answering with `row[answer_key]` (e.g. 'paraphrased_answer')."""
+    return [encode_qa(tokenizer, r["question"], r[answer_key], max_length) for r in rows]
+
+
+def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad encoded items. attention_mask comes from lengths: with pad_id == eos an eos inside a
+    sequence must stay visible. metric_mask marks answer tokens without eos (position t holds token t;
+    its predicting logit is at t-1)."""
+    if not items:
+        raise ValueError("collate got an empty batch")
+    T = max(len(it["input_ids"]) for it in items)
+    B = len(items)
+    input_ids = torch.full((B, T), int(pad_id), dtype=torch.long)
+    labels = torch.full((B, T), IGNORE, dtype=torch.long)
+    attn = torch.zeros((B, T), dtype=torch.long)
+    metric = torch.zeros((B, T), dtype=torch.bool)
+    for b, it in enumerate(items):
+        n = len(it["input_ids"])
+        input_ids[b, :n] = torch.tensor(it["input_ids"], dtype=torch.long)
+        labels[b, :n] = torch.tensor(it["labels"], dtype=torch.long)
+        attn[b, :n] = 1
+        metric[b, it["n_prompt"]: it["n_prompt"] + it["n_answer"]] = True
+    return {"input_ids": input_ids, "attention_mask": attn, "labels": labels, "metric_mask": metric}
+
+
+def length_batches(lengths: list[int], batch_size: int, shuffle: bool, seed: int = 0) -> list[list[int]]:
+    """Index batches grouped by length, so padding is small.
+
+    Eval (shuffle=False): indices sorted by length, chunked. Train: a seeded permutation is cut into
+    pools of 50 batches, each pool sorted by length and chunked, then the batch order is shuffled, so
+    batches stay random across epochs/seeds but similar in length. Every index appears exactly once.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    idx = list(range(len(lengths)))
+    if not shuffle:
+        idx.sort(key=lambda i: lengths[i])
+        return [idx[i: i + batch_size] for i in range(0, len(idx), batch_size)]
+    rng = random.Random(seed)
+    rng.shuffle(idx)
+    pool = batch_size * 50
+    batches = []
+    for s in range(0, len(idx), pool):
+        chunk = sorted(idx[s: s + pool], key=lambda i: lengths[i])
+        batches += [chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
