@@ -175,6 +175,8 @@ class LocalizeConfig:
     """MemFlex: corrupted copies per example."""
     wagle_gamma: float = 1e-6
     """WAGLE: gamma of s = |(theta - g_retain / gamma) * g_forget|."""
+    max_length: int = 256
+    """Truncate prompt+answer to this many tokens when scoring."""
     compare: list[str] = field(default_factory=list)
     """Masks to report overlap / precision / recall against."""
 
