@@ -76,10 +76,11 @@ def mu95(mu, log_fq, mu0: float | None = None, mode: str = "first") -> tuple[flo
 
 
 def summarize_trajectory(points: list[dict], envelope: bool = True, left_anchor: bool = True,
-                         mu95_mode: str = "first") -> dict:
+                         mode: str = "first") -> dict:
     """AUES and MU95 of a trajectory; points are dicts with FS, RS, MU, log10_FQ (theta_0 first).
 
-    MU95 is None when any point lacks log10_FQ (no reference model for Forget Quality).
+    `mode` is the MU95 mode (first | best). MU95 is None when any point lacks log10_FQ (no
+    reference model for Forget Quality).
     """
     for i, p in enumerate(points):
         for key in ("FS", "RS", "MU"):
@@ -88,7 +89,7 @@ def summarize_trajectory(points: list[dict], envelope: bool = True, left_anchor:
     out = {"aues": aues([p["FS"] for p in points], [p["RS"] for p in points], envelope, left_anchor),
            "mu95": None, "mu95_not_reached": None, "points": points}
     if points and all(p.get("log10_FQ") is not None for p in points):
-        v, nr = mu95([p["MU"] for p in points], [p["log10_FQ"] for p in points], mode=mu95_mode)
+        v, nr = mu95([p["MU"] for p in points], [p["log10_FQ"] for p in points], mode=mode)
         out["mu95"], out["mu95_not_reached"] = v, nr
     return out
 

@@ -1,0 +1,134 @@
+"""Teacher-forced token metrics from shared forward passes (SPEC §2, §3).
+
+For an eval set, every answer variant (answer, paraphrased_answer, all perturbed answers) is
+encoded once and run through the model in length-bucketed batches: ONE pass per (example,
+variant). From each pass we take, at answer positions only, the argmax (ES, EM) and the
+cross-entropy (NLL_avg). Nothing is generated and no full-vocabulary log-softmax is formed
+over prompt or padding positions.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..data.formatting import collate, encode_qa, length_batches
+from ..errors import DataError, UserError
+from ..utils import progress
+
+
+
+def answer_stats(logits, labels, metric_mask, es_floor: str = "none") -> dict:
+    """Per-row ES, EM, summed NLL and answer length from one teacher-forced pass (SPEC §2).
+
+    `logits` [B, K, V] are the logits of the LAST K positions of the sequence (K = T for a full
+    forward; smaller when the model was asked for `logits_to_keep`); `labels`/`metric_mask` [B, T]
+    hold token t at position t, so token t is predicted by the logit at t-1.
+    """
+    B, T = labels.shape
+    K = logits.shape[1]
+    # Align: logit at position T-K+j predicts the token at T-K+j+1.
+    tgt = labels[:, T - K + 1:]
+    m = metric_mask[:, T - K + 1:].bool()
+    if int(metric_mask[:, : T - K + 1].sum()) != 0:
+        raise ValueError("answer_stats: metric positions fall outside the kept logits")
+    n = m.sum(1)
+    rows = m.nonzero(as_tuple=True)[0]
+    sel = logits[:, :-1][m]  # [N, V]: only answer-predicting positions are touched
+    y = tgt[m]
+    wrong = sel.argmax(-1) != y
+    # 1-based index of each answer token inside its answer: k* = index of the last wrong one.
+    pos = m.long().cumsum(1)[m]
+    kstar = torch.zeros(B, dtype=torch.long, device=labels.device)
+    kstar.scatter_reduce_(0, rows, torch.where(wrong, pos, 0), reduce="amax")
+    nf = n.clamp_min(1).double()
+    es = 1.0 - kstar.double() / nf
+    if es_floor == "ou":
+        # open-unlearning scans k < T only, so a wrong last token gives 1/T instead of 0.
+        es = torch.maximum(es, 1.0 / nf)
+    elif es_floor != "none":
+        raise UserError(f"unknown es_floor {es_floor!r}; expected 'none' or 'ou' (config key eval.es_floor)")
+    n_wrong = torch.zeros(B, dtype=torch.long, device=labels.device).index_add_(0, rows, wrong.long())
+    em = 1.0 - n_wrong.double() / nf
+    ce = F.cross_entropy(sel.float(), y, reduction="none")
+    nll_sum = torch.zeros(B, dtype=torch.float64, device=labels.device).index_add_(0, rows, ce.double())
+    return {"es": es, "em": em, "nll_sum": nll_sum, "n": n}
+
+
+def es_from_logits(logits, labels, metric_mask, es_floor: str = "none"):
+    """One-pass Extraction Strength per row (SPEC §2): ES = 1 - k*/T, k* = 1 + last wrong position."""
+    return answer_stats(logits, labels, metric_mask, es_floor)["es"]
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def _run(model, items, pad_id, batch_size, es_floor, desc):
+    """Metrics for a list of encoded items, in length-bucketed batches; results in input order."""
+    out = [None] * len(items)
+    dev = _device(model)
+    batches = length_batches([len(it["input_ids"]) for it in items], batch_size, shuffle=False, seed=0)
+    for idx in progress(batches, desc=desc, leave=False):
+        b = collate([items[i] for i in idx], pad_id)
+        T = b["input_ids"].shape[1]
+        # Logits are only needed from the first answer-predicting position on: saves the
+        # lm_head matmul (and the [B,T,V] buffer) over prompt positions.
+        first = int(b["metric_mask"].float().argmax(1).min())
+        keep = T - first + 1
+        res = model(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev),
+                    logits_to_keep=keep, use_cache=False)
+        st = answer_stats(res.logits, b["labels"].to(dev), b["metric_mask"].to(dev), es_floor)
+        for j, i in enumerate(idx):
+            n = int(st["n"][j])
+            out[i] = {"es": float(st["es"][j]), "em": float(st["em"][j]),
+                      "nll": float(st["nll_sum"][j]) / n, "n": n}
+    return out
+
+
+def _encode(tokenizer, question, answer, where):
+    it = encode_qa(tokenizer, question, answer, None)  # no truncation: metrics see whole answers
+    if it["n_answer"] < 1:
+        raise DataError(f"{where}: the answer {answer!r} encodes to no tokens; metrics need at least one")
+    return it
+
+
+def token_metrics(model, tokenizer, rows, batch_size: int = 16, es_floor: str = "none") -> dict:
+    """Per-example lists for an eval set (SPEC §2-3).
+
+    Returns `es, em, nll, n_answer` for the answer and, where the rows carry them,
+    `nll_paraphrased` and `nll_perturbed` (a list per example). One batched pass per variant;
+    all perturbed answers of the set share one stream of batches.
+    """
+    if not rows:
+        raise DataError("token_metrics: empty eval set")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    was_training = model.training
+    model.eval()
+    try:
+        ans = [_encode(tokenizer, r["question"], r["answer"], f"row {i + 1} field 'answer'")
+               for i, r in enumerate(rows)]
+        a = _run(model, ans, pad_id, batch_size, es_floor, "eval answer")
+        out = {"es": [x["es"] for x in a], "em": [x["em"] for x in a], "nll": [x["nll"] for x in a],
+               "n_answer": [x["n"] for x in a]}
+        if all("paraphrased_answer" in r for r in rows):
+            par = [_encode(tokenizer, r["question"], r["paraphrased_answer"], f"row {i + 1} field 'paraphrased_answer'")
+                   for i, r in enumerate(rows)]
+            out["nll_paraphrased"] = [x["nll"] for x in _run(model, par, pad_id, batch_size, es_floor, "eval paraphrased")]
+        if all(r.get("perturbed_answer") for r in rows):
+            owner, pert = [], []
+            for i, r in enumerate(rows):
+                p = r["perturbed_answer"]
+                if isinstance(p, str):  # tolerate a single string instead of a list
+                    p = [p]
+                for j, s in enumerate(p):
+                    owner.append(i)
+                    pert.append(_encode(tokenizer, r["question"], s, f"row {i + 1} field 'perturbed_answer[{j}]'"))
+            res = _run(model, pert, pad_id, batch_size, es_floor, "eval perturbed")
+            per = [[] for _ in rows]
+            for i, x in zip(owner, res):
+                per[i].append(x["nll"])
+            out["nll_perturbed"] = per
+    finally:
+        model.train(was_training)
+    return out

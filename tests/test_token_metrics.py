@@ -1,0 +1,214 @@
+"""Token metrics (SPEC §2-3) against independent computations, on a tiny Llama that memorized PART
+of a small QA set (so ES spreads over 0..1)."""
+import functools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from loc_unlearn.data.formatting import collate, encode_qa
+from loc_unlearn.evaluate.generation import generate, prompt_ids, rouge_l_recall
+from loc_unlearn.evaluate.token_metrics import answer_stats, es_from_logits, token_metrics
+
+CITIES = ["Paris", "Lagos", "Quito", "Oslo", "Hanoi", "Lima", "Cairo", "Perth", "Dakar", "Kyiv", "Riga", "Accra"]
+GENRES = ["poetry", "horror", "satire", "fantasy", "memoir", "drama"]
+
+
+def make_rows(n=36):
+    rows = []
+    for i in range(n):
+        c = CITIES[(7 * i) % len(CITIES)]
+        g = GENRES[(5 * i) % len(GENRES)]
+        pert = [f"Writer {i} was born in {CITIES[(7 * i + k) % len(CITIES)]} and writes {GENRES[(5 * i + k) % len(GENRES)]}."
+                for k in range(1, 4)]
+        rows.append({"question": f"Where was writer {i} born and what does the writer write?",
+                     "answer": f"Writer {i} was born in {c} and writes {g}" + (" books." if i % 3 == 0 else "."),
+                     "paraphrased_answer": f"Born in {c}, writer {i} writes {g}.",
+                     "perturbed_answer": pert,
+                     "paraphrased_question": f"What is the birthplace and genre of writer {i}?"})
+    return rows
+
+
+def make_tokenizer(rows):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    texts = [f"Question: {r['question']}\nAnswer: {a}" for r in rows
+             for a in [r["answer"], r["paraphrased_answer"], *r["perturbed_answer"]]]
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>", "<unk>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    from tokenizers import decoders
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+
+
+@functools.lru_cache(maxsize=1)
+def memorized_model(n_train=24, steps=220):
+    """A 2-layer Llama trained a few seconds on the first `n_train` rows (answers only in the loss)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    rows = make_rows()
+    tok = make_tokenizer(rows)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
+    model = LlamaForCausalLM(cfg)
+    items = [encode_qa(tok, r["question"], r["answer"]) for r in rows[:n_train]]
+    b = collate(items, tok.pad_token_id)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return model, tok, rows
+
+
+@pytest.fixture(scope="module")
+def mem():
+    return memorized_model()
+
+
+def greedy(model, ids, n):
+    """Plain greedy decoding of n tokens (full recompute each step, no cache, no padding)."""
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = model(input_ids=x).logits[0, -1].argmax()
+            x = torch.cat([x, nxt.view(1, 1)], dim=1)
+    return x[0, len(ids):].tolist()
+
+
+def es_by_generation(model, tok, row):
+    """SPEC §2 literally: smallest k whose greedy continuation reproduces y_{k+1..T}; linear search."""
+    it = encode_qa(tok, row["question"], row["answer"])
+    p, T = it["n_prompt"], it["n_answer"]
+    y = it["input_ids"][p: p + T]
+    for k in range(T + 1):
+        if k == T or greedy(model, it["input_ids"][: p + k], T - k) == y[k:]:
+            return 1.0 - k / T
+
+
+def test_es_one_pass_equals_generation_search(mem):
+    model, tok, rows = mem
+    tm = token_metrics(model, tok, rows, batch_size=8)
+    sample = list(range(0, len(rows), 2))
+    gen = [es_by_generation(model, tok, rows[i]) for i in sample]
+    for i, g in zip(sample, gen):
+        assert tm["es"][i] == pytest.approx(g, abs=1e-12), f"row {i}"
+    # The fixture must actually spread ES: some memorized, some not, some partial.
+    es = tm["es"]
+    assert max(es) == 1.0 and min(es) < 0.5
+    assert any(0.0 < e < 1.0 for e in es)
+    assert sum(es[:24]) / 24 > sum(es[24:]) / 12 + 0.3
+
+
+def direct_metrics(model, tok, question, answer):
+    """One example, unbatched, full log_softmax: (es, em, nll_avg)."""
+    it = encode_qa(tok, question, answer)
+    p, T = it["n_prompt"], it["n_answer"]
+    x = torch.tensor([it["input_ids"]])
+    with torch.no_grad():
+        lp = torch.log_softmax(model(input_ids=x).logits[0].double(), -1)
+    y = x[0, p: p + T]
+    pred_lp = lp[p - 1: p + T - 1]
+    nll = -pred_lp.gather(1, y[:, None]).mean().item()
+    right = (pred_lp.argmax(-1) == y).tolist()
+    em = sum(right) / T
+    wrong = [t for t in range(T) if not right[t]]
+    es = 1.0 - ((wrong[-1] + 1) if wrong else 0) / T
+    return es, em, nll
+
+
+def test_em_nll_truth_terms_match_direct(mem):
+    model, tok, rows = mem
+    sub = rows[18:30]
+    tm = token_metrics(model, tok, sub, batch_size=5)
+    for i, r in enumerate(sub):
+        es, em, nll = direct_metrics(model, tok, r["question"], r["answer"])
+        assert tm["es"][i] == pytest.approx(es)
+        assert tm["em"][i] == pytest.approx(em)
+        assert tm["nll"][i] == pytest.approx(nll, rel=1e-4, abs=1e-6)
+        assert tm["nll_paraphrased"][i] == pytest.approx(direct_metrics(model, tok, r["question"], r["paraphrased_answer"])[2], rel=1e-4, abs=1e-6)
+        for j, pa in enumerate(r["perturbed_answer"]):
+            assert tm["nll_perturbed"][i][j] == pytest.approx(direct_metrics(model, tok, r["question"], pa)[2], rel=1e-4, abs=1e-6)
+    assert len(set(round(v, 6) for v in tm["em"])) > 2
+
+
+def test_padding_and_batch_size_do_not_change_results(mem):
+    model, tok, rows = mem
+    sub = rows[10:30]  # mixed answer lengths ("books." every third row), mixed digits
+    lens = {len(encode_qa(tok, r["question"], r["answer"])["input_ids"]) for r in sub}
+    assert len(lens) > 1
+    big = token_metrics(model, tok, sub, batch_size=20)
+    one = token_metrics(model, tok, sub, batch_size=1)
+    assert big["es"] == one["es"] and big["em"] == one["em"]
+    for k in ("nll", "nll_paraphrased"):
+        assert big[k] == pytest.approx(one[k], rel=1e-5, abs=1e-6)
+    for a, b in zip(big["nll_perturbed"], one["nll_perturbed"]):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+
+
+def test_es_from_logits_hand_cases_and_ou_floor():
+    # one row, prompt of 2 tokens, answer of 4 tokens, then eos (excluded), then pad.
+    V = 5
+    labels = torch.tensor([[-100, -100, 1, 2, 3, 4, 0, -100]])
+    mm = torch.tensor([[0, 0, 1, 1, 1, 1, 0, 0]], dtype=torch.bool)
+
+    def logits_predicting(preds):
+        lg = torch.zeros(1, 8, V)
+        for t, tok_id in enumerate(preds):
+            lg[0, t, tok_id] = 5.0
+        return lg
+
+    # predictions at t-1 for tokens 2..5: correct = [1,2,3,4]
+    cases = {(1, 2, 3, 4): (1.0, 1.0), (0, 2, 3, 4): (0.75, 0.75), (1, 0, 3, 4): (0.5, 0.75),
+             (1, 2, 3, 0): (0.0, 0.75), (0, 0, 0, 0): (0.0, 0.0)}
+    for preds, (es, em) in cases.items():
+        lg = logits_predicting([0, *preds, 0, 0, 0])  # position 1 predicts token 2, ...
+        st = answer_stats(lg, labels, mm)
+        assert st["es"].item() == pytest.approx(es) and st["em"].item() == pytest.approx(em)
+        ou = es_from_logits(lg, labels, mm, es_floor="ou").item()
+        assert ou == pytest.approx(es if preds[-1] == 4 else 0.25)  # last token wrong -> 1/T
+        # the same from only the trailing logits (logits_to_keep)
+        assert es_from_logits(lg[:, 1:], labels, mm).item() == pytest.approx(es)
+
+
+def test_ou_floor_on_model(mem):
+    model, tok, rows = mem
+    a = token_metrics(model, tok, rows, batch_size=12)
+    b = token_metrics(model, tok, rows, batch_size=12, es_floor="ou")
+    for e, f, n in zip(a["es"], b["es"], a["n_answer"]):
+        assert f == pytest.approx(max(e, 1.0 / n))
+    # On an untrained model the last token is usually wrong, so the floor must bite there.
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(1)
+    fresh = LlamaForCausalLM(model.config).eval()
+    a = token_metrics(fresh, tok, rows[:8], batch_size=8)
+    b = token_metrics(fresh, tok, rows[:8], batch_size=8, es_floor="ou")
+    assert all(f == pytest.approx(max(e, 1.0 / n)) for e, f, n in zip(a["es"], b["es"], a["n_answer"]))
+    assert any(f > e for e, f in zip(a["es"], b["es"]))
+
+
+def test_generation_matches_plain_greedy_and_rouge(mem):
+    model, tok, rows = mem
+    sub = rows[20:28]
+    gens = generate(model, tok, [r["question"] for r in sub], max_new_tokens=20, batch_size=4)
+    for r, g in zip(sub, gens):
+        ids = greedy(model, prompt_ids(tok, r["question"]), 20)
+        if tok.eos_token_id in ids:
+            ids = ids[: ids.index(tok.eos_token_id)]
+        assert g == tok.decode(ids, skip_special_tokens=True).strip()
+    from rouge_score import rouge_scorer
+
+    sc = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    refs = [r["answer"] for r in sub]
+    assert rouge_l_recall(gens, refs) == [sc.score(r, g)["rougeL"].recall for g, r in zip(gens, refs)]
+    assert rouge_l_recall(["writes poems"], ["he wrote poem"])[0] == pytest.approx(1 / 3)  # stemming: poems~poem
