@@ -104,7 +104,9 @@ class ModelRef:
         from .models.load import load_model
 
         m = cfg.model
-        return load_model(self.path, dtype=m.dtype, trust_remote_code=m.trust_remote_code)
+        # The GGUF file name applies only to the configured base model itself.
+        gguf = m.gguf_file if (m.gguf_file and self.path == m.path) else ""
+        return load_model(self.path, dtype=m.dtype, gguf_file=gguf, trust_remote_code=m.trust_remote_code)
 
 
 def _ref_from_run(run: Run) -> ModelRef:
