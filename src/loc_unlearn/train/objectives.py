@@ -1,0 +1,221 @@
+"""Unlearning objectives (SPEC §5): one small function per method.
+
+Every objective returns PER-EXAMPLE losses `[B]` (and per-example logs). The loop sums them and divides
+by the GLOBAL batch size, so the result does not depend on how a global batch is split into micro
+batches, accumulation steps or processes. Per-example NLL is the mean over that example's trained
+tokens (answer + eos, SPEC preamble); `logpi` is their SUM.
+
+`L_i = gamma * L_forget_i + alpha * L_retain_i`, with forget example i paired with retain example i.
+The reference policy is the start model: its sequence log-probs on the fixed forget / idk answers are
+computed once before training (`sequence_logps`) and handed over in `ctx.ref_logp`; RMU's reference
+hidden states come from `ctx.reference()` (the delta disabled; a frozen copy in unmasked mode).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..models.value_vectors import _layers
+from ..registry import Registry
+
+OBJECTIVES = Registry("unlearning method")
+
+# SPEC §5 defaults. gamma/alpha not fixed by the SPEC follow open-unlearning (forget weight 1, retain NLL
+# weight 1). learn_reg's alpha is the injection lambda.
+DEFAULTS: dict[str, dict] = {
+    "ga": {"gamma": 1.0, "alpha": 0.0},
+    "graddiff": {"gamma": 1.0, "alpha": 1.0},
+    "wga": {"gamma": 1.0, "alpha": 1.0, "beta": 1.0},
+    "npo": {"gamma": 1.0, "alpha": 1.0, "beta": 0.1},
+    "simnpo": {"gamma": 0.125, "alpha": 1.0, "beta": 4.5, "delta": 0.0},
+    "dpo": {"gamma": 1.0, "alpha": 1.0, "beta": 0.1},
+    "rmu": {"gamma": 1.0, "alpha": 100.0, "rmu_c": 6.5, "rmu_layer": -1},
+    "learn": {"gamma": 1.0, "alpha": 0.0},
+    "learn_reg": {"gamma": 1.0, "alpha": 1.0},
+}
+KNOWN_HPARAMS = {"gamma", "alpha", "beta", "delta", "rmu_c", "rmu_layer"}
+NEEDS_REF_LOGP = {"npo": ("forget",), "dpo": ("forget", "idk")}
+
+
+def resolve_hparams(method: str, hparams: dict | None, n_layers: int) -> dict:
+    """The method's DEFAULTS overridden by the non-None entries of `hparams`. Keys the method does not
+    use are ignored (one config serves every method); unknown keys are an error."""
+    OBJECTIVES.get(method)  # unknown method -> error listing the known ones
+    hp = dict(DEFAULTS[method])
+    for k, v in (hparams or {}).items():
+        if k not in KNOWN_HPARAMS:
+            raise ConfigError(f"unknown unlearning hyperparameter {k!r}; known: {', '.join(sorted(KNOWN_HPARAMS))}")
+        if v is not None and k in hp:
+            hp[k] = float(v) if k != "rmu_layer" else int(v)
+    if method == "rmu":
+        # SPEC §5: layer 7 of a 32-layer model, scaled to depth; -1 = that default.
+        l = hp["rmu_layer"] if hp["rmu_layer"] >= 0 else round(7 / 32 * n_layers)
+        if hp["rmu_layer"] >= n_layers:
+            raise ConfigError(f"unlearn.rmu_layer={hp['rmu_layer']} but the model has {n_layers} layers (0..{n_layers - 1})")
+        hp["rmu_layer"] = min(max(l, 0), n_layers - 1)
+    return hp
+
+
+@dataclass
+class Context:
+    """What an objective needs besides the model and the batch."""
+    hp: dict
+    ref_logp: dict[str, torch.Tensor] = field(default_factory=dict)  # cached start-model logpi for this batch
+    reference: Callable | None = None  # () -> context manager yielding the start model (RMU)
+    rmu_target: torch.Tensor | None = None  # c * u / |u|, fixed for the run
+
+
+# ----------------------------------------------------------------------------- shared pieces
+
+
+def token_logps(model, b: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(token t | tokens < t) at trained label positions: `([B, T-1] float32, [B, T-1] bool)`."""
+    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
+    labels = b["labels"][:, 1:]
+    valid = labels != -100
+    # cross_entropy = -log_softmax gathered, computed in float32 without materializing all log-probs twice.
+    lp = -F.cross_entropy(logits.float().flatten(0, 1), labels.clamp_min(0).flatten(), reduction="none")
+    return lp.view(labels.shape) * valid, valid
+
+
+def seq_logp(model, b: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logpi = SUM of trained-token log-probs [B], number of trained tokens [B])."""
+    lp, valid = token_logps(model, b)
+    return lp.sum(-1), valid.sum(-1)
+
+
+def nll_avg(model, b: dict) -> torch.Tensor:
+    lp, n = seq_logp(model, b)
+    return -lp / n.clamp_min(1)
+
+
+@torch.no_grad()
+def sequence_logps(model, batches) -> torch.Tensor:
+    """logpi of the start model for each collated batch in `batches`, concatenated. Run ONCE before
+    training to build the NPO/DPO reference cache (no second model copy, no per-step recompute)."""
+    return torch.cat([seq_logp(model, b)[0].float().cpu() for b in batches])
+
+
+def _combine(model, batch, ctx, lf: torch.Tensor, logs: dict, retain_fn=None):
+    """L_i = gamma lf_i + alpha lr_i; the retain pass is skipped when alpha == 0."""
+    g, a = ctx.hp["gamma"], ctx.hp["alpha"]
+    loss = g * lf
+    logs = {"forget_loss": lf.detach(), **logs}
+    if a != 0:
+        lr = (retain_fn or (lambda: nll_avg(model, batch["retain"])))()
+        loss = loss + a * lr
+        logs["retain_loss"] = lr.detach()
+    return loss, logs
+
+
+# ----------------------------------------------------------------------------- objectives
+
+
+@OBJECTIVES.register("ga")
+def ga(model, batch, ctx):
+    return _combine(model, batch, ctx, -nll_avg(model, batch["forget"]), {})
+
+
+@OBJECTIVES.register("graddiff")
+def graddiff(model, batch, ctx):
+    return _combine(model, batch, ctx, -nll_avg(model, batch["forget"]), {})
+
+
+@OBJECTIVES.register("wga")
+def wga(model, batch, ctx):
+    lp, valid = token_logps(model, batch["forget"])
+    w = torch.exp(ctx.hp["beta"] * lp).detach()  # p_t^beta, a weight, not differentiated
+    lf = (w * lp * valid).sum(-1) / valid.sum(-1).clamp_min(1)
+    return _combine(model, batch, ctx, lf, {})
+
+
+@OBJECTIVES.register("npo")
+def npo(model, batch, ctx):
+    beta = ctx.hp["beta"]
+    lp, _ = seq_logp(model, batch["forget"])
+    ratio = lp - ctx.ref_logp["forget"]
+    lf = -(2 / beta) * F.logsigmoid(-beta * ratio)
+    return _combine(model, batch, ctx, lf, {"log_ratio": ratio.detach()})
+
+
+@OBJECTIVES.register("simnpo")
+def simnpo(model, batch, ctx):
+    beta, delta = ctx.hp["beta"], ctx.hp["delta"]
+    lf = -(2 / beta) * F.logsigmoid(beta * (nll_avg(model, batch["forget"]) - delta))
+    return _combine(model, batch, ctx, lf, {})
+
+
+@OBJECTIVES.register("dpo")
+def dpo(model, batch, ctx):
+    beta = ctx.hp["beta"]
+    lp_f, _ = seq_logp(model, batch["forget"])
+    lp_i, _ = seq_logp(model, batch["idk"])
+    margin = (lp_i - ctx.ref_logp["idk"]) - (lp_f - ctx.ref_logp["forget"])
+    lf = -(2 / beta) * F.logsigmoid(beta * margin)
+    return _combine(model, batch, ctx, lf, {"margin": margin.detach()})
+
+
+@OBJECTIVES.register("learn")
+def learn(model, batch, ctx):
+    return _combine(model, batch, ctx, nll_avg(model, batch["forget"]), {})
+
+
+@OBJECTIVES.register("learn_reg")
+def learn_reg(model, batch, ctx):
+    return _combine(model, batch, ctx, nll_avg(model, batch["forget"]), {})
+
+
+class _Stop(Exception):
+    pass
+
+
+def layer_output(model, b: dict, layer: int) -> torch.Tensor:
+    """Residual stream h^l = output of decoder layer `layer` [B, T, d]. The forward stops right after that
+    layer (the rest of the network and the vocabulary projection are never computed)."""
+    got = {}
+
+    def hook(_m, _args, out):
+        got["h"] = out[0] if isinstance(out, tuple) else out
+        raise _Stop
+
+    h = _layers(model)[layer].register_forward_hook(hook)
+    try:
+        model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+    except _Stop:
+        pass
+    finally:
+        h.remove()
+    return got["h"]
+
+
+def _token_mse(x: torch.Tensor, target: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    """Per example: mean over its real (non-pad) tokens of the mean over d of (x - target)^2."""
+    se = (x.float() - target.float()).pow(2).mean(-1)
+    m = attn.to(se.dtype)
+    return (se * m).sum(-1) / m.sum(-1).clamp_min(1)
+
+
+@OBJECTIVES.register("rmu")
+def rmu(model, batch, ctx):
+    l = ctx.hp["rmu_layer"]
+    f = batch["forget"]
+    lf = _token_mse(layer_output(model, f, l), ctx.rmu_target.expand(1, 1, -1), f["attention_mask"])
+
+    def retain():
+        r = batch["retain"]
+        with torch.no_grad(), ctx.reference() as ref:
+            h_ref = layer_output(ref, r, l)
+        return _token_mse(layer_output(model, r, l), h_ref, r["attention_mask"])
+
+    return _combine(model, batch, ctx, lf, {}, retain_fn=retain)
+
+
+def rmu_target(d: int, c: float, seed: int) -> torch.Tensor:
+    """c * u / |u| with u ~ U[0, 1)^d, seeded (fixed for the whole run)."""
+    u = torch.rand(d, generator=torch.Generator().manual_seed(seed))
+    return c * u / u.norm()
+

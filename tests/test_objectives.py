@@ -1,0 +1,161 @@
+"""Objectives (SPEC §5) against direct per-example computations written from the SPEC formulas: each
+example alone (no padding), log_softmax over the vocabulary, hidden states from output_hidden_states."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from loc_unlearn.data.formatting import collate, encode_qa
+from loc_unlearn.errors import ConfigError, UserError
+from loc_unlearn.train.masked import MaskedDelta
+from loc_unlearn.train.objectives import (DEFAULTS, OBJECTIVES, Context, resolve_hparams, rmu_target,
+                                          sequence_logps)
+
+NAMES = ["Ada", "Bo", "Cy", "Dee", "Eli", "Fay", "Gus", "Hal", "Ivy", "Jo", "Kai", "Lu"]
+CITIES = ["Paris", "Lagos", "Quito", "Oslo", "Hanoi", "Lima", "Cairo"]
+IDK = ["I'm not sure.", "I don't know that.", "No idea, sorry.", "That is unknown to me."]
+
+
+def make_rows(n=12, offset=0):
+    return [{"question": f"Where was {NAMES[(i + offset) % 12]} {i + offset} born?",
+             "answer": f"{NAMES[(i + offset) % 12]} was born in {CITIES[(3 * i + offset) % 7]}" + (" long ago." if i % 2 else ".")}
+            for i in range(n)]
+
+
+def make_tok():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    texts = [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in make_rows(24) + make_rows(24, 5)] + IDK
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=200, special_tokens=["<pad>", "<eos>", "<unk>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                       show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+
+
+def tiny_model(tok, L=4, d=32, d_ff=64, seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=d, intermediate_size=d_ff, num_hidden_layers=L,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
+    return LlamaForCausalLM(cfg)
+
+
+# ----------------------------------------------------------------------------- direct computations
+
+
+def direct_token_logps(model, item):
+    """log p of each trained label of ONE unpadded example (answer tokens + eos)."""
+    ids = torch.tensor(item["input_ids"])[None]
+    logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
+    labels = torch.tensor(item["labels"][1:])
+    pos = (labels != -100).nonzero().flatten()
+    return logp[pos, labels[pos]]
+
+
+def direct_hidden(model, item, layer):
+    ids = torch.tensor(item["input_ids"])[None]
+    return model(input_ids=ids, output_hidden_states=True).hidden_states[layer + 1][0].double()
+
+
+def direct_loss(name, hp, model, ref, f, r, i, target):
+    lp_f = direct_token_logps(model, f)
+    nll_f = -lp_f.mean()
+    nll_r = -direct_token_logps(model, r).mean()
+    b = hp.get("beta")
+    sig = lambda z: 1 / (1 + math.exp(-z))
+    if name in ("ga", "graddiff"):
+        lf = -nll_f
+    elif name in ("learn", "learn_reg"):
+        lf = nll_f
+    elif name == "wga":
+        lf = (lp_f.exp() ** b * lp_f).mean()
+    elif name == "npo":
+        z = (lp_f.sum() - direct_token_logps(ref, f).sum()).item()
+        lf = -(2 / b) * math.log(sig(-b * z))
+    elif name == "simnpo":
+        lf = -(2 / b) * math.log(sig(b * (nll_f.item() - hp["delta"])))
+    elif name == "dpo":
+        idk = i
+        z = ((direct_token_logps(model, idk).sum() - direct_token_logps(ref, idk).sum())
+             - (lp_f.sum() - direct_token_logps(ref, f).sum())).item()
+        lf = -(2 / b) * math.log(sig(b * z))
+    elif name == "rmu":
+        l = hp["rmu_layer"]
+        lf = ((direct_hidden(model, f, l) - target.double()) ** 2).mean()
+        nll_r = ((direct_hidden(model, r, l) - direct_hidden(ref, r, l)) ** 2).mean()
+    return float(hp["gamma"] * lf + hp["alpha"] * nll_r)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    tok = make_tok()
+    forget, retain = make_rows(6), make_rows(6, 5)
+    fi = [encode_qa(tok, r["question"], r["answer"]) for r in forget]
+    ri = [encode_qa(tok, r["question"], r["answer"]) for r in retain]
+    ii = [encode_qa(tok, r["question"], IDK[k % 4]) for k, r in enumerate(forget)]
+    return tok, fi, ri, ii
+
+
+@pytest.mark.parametrize("name", sorted(DEFAULTS))
+def test_objective_equals_direct_spec_formula(setup, name):
+    tok, fi, ri, ii = setup
+    ref = tiny_model(tok)
+    model = copy.deepcopy(ref)
+    mask = torch.rand(4, 64, generator=torch.Generator().manual_seed(3)) < 0.3
+    md = MaskedDelta(model, mask)
+    with torch.no_grad():  # move away from the reference so ratios/margins/RMU retain terms are nonzero
+        for d in md.deltas:
+            d.normal_(0, 0.3, generator=torch.Generator().manual_seed(d.shape[1]))
+    hp = resolve_hparams(name, {"beta": 0.7} if name in ("wga", "npo", "dpo") else {"delta": 0.3} if name == "simnpo"
+                         else {"alpha": 0.5} if name in ("ga", "rmu") else {}, 4)
+    pad = tok.pad_token_id
+    batch = {"forget": collate(fi, pad), "retain": collate(ri, pad), "idk": collate(ii, pad)}
+    target = rmu_target(32, hp.get("rmu_c", 6.5), seed=0)
+    ref_logp = {"forget": sequence_logps(ref, [collate(fi, pad)]), "idk": sequence_logps(ref, [collate(ii, pad)])}
+    ctx = Context(hp=hp, ref_logp=ref_logp, reference=md.disabled, rmu_target=target)
+    loss, logs = OBJECTIVES.get(name)(model, batch, ctx)
+    assert loss.shape == (6,)
+    with torch.no_grad():
+        want = [direct_loss(name, hp, model, ref, fi[k], ri[k], ii[k], target) for k in range(6)]
+    torch.testing.assert_close(loss.detach().double(), torch.tensor(want, dtype=torch.float64), rtol=2e-4, atol=2e-5)
+    assert loss.requires_grad and all(v.shape == (6,) for v in logs.values())
+
+
+def test_rmu_default_layer_and_npo_starts_at_log2(setup):
+    tok, fi, ri, _ = setup
+    assert resolve_hparams("rmu", {"rmu_layer": -1}, 32)["rmu_layer"] == 7
+    assert resolve_hparams("rmu", {}, 4)["rmu_layer"] == 1  # round(7/32*4) = round(0.875)
+    assert resolve_hparams("rmu", {}, 2)["rmu_layer"] == 0
+    with pytest.raises(ConfigError, match="rmu_layer"):
+        resolve_hparams("rmu", {"rmu_layer": 9}, 4)
+    with pytest.raises(ConfigError, match="known"):
+        resolve_hparams("npo", {"lr": 1}, 4)
+    with pytest.raises(UserError, match="unlearning method.*npo"):
+        resolve_hparams("nope", {}, 4)
+    # at theta = ref the NPO forget term is -(2/beta) log sigmoid(0) = (2/beta) log 2
+    model = tiny_model(tok)
+    pad = tok.pad_token_id
+    hp = resolve_hparams("npo", {"alpha": 0.0}, 4)
+    ctx = Context(hp=hp, ref_logp={"forget": sequence_logps(model, [collate(fi, pad)])})
+    loss, _ = OBJECTIVES.get("npo")(model, {"forget": collate(fi, pad)}, ctx)
+    torch.testing.assert_close(loss.detach(), torch.full((6,), 2 / 0.1 * math.log(2)), rtol=1e-5, atol=1e-5)
+
+
+def test_sequence_logps_independent_of_padding_and_batching(setup):
+    tok, fi, _, _ = setup
+    model = tiny_model(tok)
+    pad = tok.pad_token_id
+    together = sequence_logps(model, [collate(fi, pad)])
+    alone = sequence_logps(model, [collate([it], pad) for it in fi])
+    with torch.no_grad():
+        direct = torch.tensor([direct_token_logps(model, it).sum().item() for it in fi])
+    torch.testing.assert_close(together, direct.float(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(alone, direct.float(), rtol=1e-5, atol=1e-4)
