@@ -196,3 +196,63 @@ def output_fit(theta_o, theta_r, tokenizer, forget_rows, tgt_mask, region_mask, 
                 w_s[:, r_idx] += delta_r.to(w_s.device, w_s.dtype)
         per_layer.append(row)
     return per_layer, stitched
+
+
+# ----------------------------------------------------------------------------- study wiring
+
+
+def _fs_rs(model, tokenizer, cfg) -> dict:
+    """FS on the forget eval set and RS on the retain eval set (SPEC §2), from one-pass token metrics."""
+    from .. import stages
+    from ..evaluate.token_metrics import token_metrics
+
+    sets = stages.eval_sets(cfg)
+    es_f = token_metrics(model, tokenizer, sets["forget"], batch_size=cfg.eval.batch_size)["es"]
+    es_r = token_metrics(model, tokenizer, sets["retain"], batch_size=cfg.eval.batch_size)["es"]
+    return {"FS": 1.0 - sum(es_f) / len(es_f), "RS": sum(es_r) / len(es_r)}
+
+
+def run_output_fit(cfg, theta_r, prep: dict) -> dict:
+    """Cached SPEC §9 analysis for one seed: fit the random region to theta_o's output change per layer,
+    then evaluate the stitched model theta_r + Delta_R next to theta_o and theta_r."""
+    from .. import stages
+    from ..masks.mask import Mask
+    from ..runs import cached
+    from ..utils import save_safetensors_atomic, sha256_file
+
+    theta_o, masks = prep["theta_o"], prep["masks"]
+
+    def build(p):
+        m_o, tok = theta_o.load(cfg)
+        m_r, _ = theta_r.load(cfg)
+        forget = stages.load_rows(cfg, cfg.data.forget_split)
+        tgt, reg = Mask.load(masks["oracle"]), Mask.load(masks["random"])
+        per_layer, stitched = output_fit(m_o, m_r, tokenizer=tok, forget_rows=forget, tgt_mask=tgt,
+                                         region_mask=reg, batch_size=cfg.eval.batch_size,
+                                         max_length=cfg.inject.train.max_length)
+        # Keep Delta_R (small) rather than a whole stitched model.
+        deltas = {f"layer{l}": value_matrix(stitched, l)[:, reg.mask[l]] - value_matrix(m_r, l)[:, reg.mask[l]]
+                  for l in range(reg.mask.shape[0])}
+        save_safetensors_atomic(deltas, p / "delta_R.safetensors")
+        res = {"seed": prep["seed"], "per_layer": per_layer, "stitched": _fs_rs(stitched, tok, cfg),
+               "theta_o": _fs_rs(m_o, tok, cfg), "theta_r": _fs_rs(m_r, tok, cfg)}
+        return res
+
+    key = {"output_fit": True, "theta_o": theta_o.fingerprint, "theta_r": theta_r.fingerprint,
+           "tgt": sha256_file(masks["oracle"]), "region": sha256_file(masks["random"]),
+           "eval": stages._eval_key(cfg), "data": stages.data_source(cfg)[1]}
+    met = cached(cfg.runs_dir, "output_fit", key, build).metrics()
+    return {k: met[k] for k in ("seed", "per_layer", "stitched", "theta_o", "theta_r")}
+
+
+def cmd_study(cfg) -> None:
+    """`loc-unlearn study output_fit`: theta_r -> theta_o (seed inject.seed) -> the per-layer fit."""
+    from .controlled import _theta_r, prepare_seed
+
+    theta_r = _theta_r(cfg)
+    res = run_output_fit(cfg, theta_r, prepare_seed(cfg, theta_r, cfg.inject.seed))
+    print(f"{'layer':>5} {'|R|':>6} {'tokens':>7} {'residual':>9}")
+    for row in res["per_layer"]:
+        print(f"{row['layer']:>5} {row['k']:>6} {row['n_tokens']:>7} {row['residual']:>9.3f}")
+    for name in ("theta_r", "theta_o", "stitched"):
+        print(f"{name:9s} FS {res[name]['FS']:.3f}  RS {res[name]['RS']:.3f}")
