@@ -1,0 +1,189 @@
+"""Study reports: `build_report(study_dir)` turns a study's results.json into report.html (one
+self-contained file) and report.md (+ plots/*.png). `loc-unlearn report RUN_DIR` rebuilds them.
+
+The headline comes first: for each unlearning method, Oracle vs Random AUES with the paired-t p-value
+(SPEC §7) or, for the localization benchmark, each localizer against the random mask (SPEC §8).
+Optional parts of results.json (localization_check, output_fit, masks, trajectories) are skipped
+when absent; unknown extra fields are ignored.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import UserError
+from ..utils import atomic_write, log, write_text_atomic
+from . import plots, tables
+from .render import Plot, to_html, to_markdown
+
+STUDIES = ("controlled", "localization")
+_NUM = (int, float)
+
+
+def _need(obj: dict, key: str, types, where: str, path: Path):
+    if not isinstance(obj, dict) or key not in obj:
+        raise UserError(f"{path}: {where} lacks field {key!r} (see the results.json schema in docs/contracts.md)")
+    v = obj[key]
+    tt = types if isinstance(types, tuple) else (types,)
+    if not isinstance(v, tt) or (isinstance(v, bool) and bool not in tt):  # JSON true is not a number here
+        want = " or ".join(t.__name__ for t in tt)
+        raise UserError(f"{path}: {where}.{key} should be {want}, got {type(v).__name__} {v!r:.60}")
+    return v
+
+
+def _list_of_dicts(res: dict, key: str, path: Path, required: bool) -> list:
+    if key not in res and not required:
+        return []
+    v = _need(res, key, list, "results", path)
+    for i, r in enumerate(v):
+        if not isinstance(r, dict):
+            raise UserError(f"{path}: {key}[{i}] should be an object, got {type(r).__name__}")
+    return v
+
+
+def load_results(study_dir: str | Path) -> dict:
+    """Read and validate study_dir/results.json; every problem is a UserError naming the file and field."""
+    d = Path(study_dir)
+    if not d.is_dir():
+        raise UserError(f"report: {d} is not a directory; expected a study run directory holding results.json "
+                        "(written by `loc-unlearn study controlled|localization` or `demo`)")
+    path = d / "results.json"
+    if not path.is_file():
+        raise UserError(f"report: {path} not found; expected the study's results.json in {d}")
+    try:
+        res = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    if not isinstance(res, dict):
+        raise UserError(f"{path}: expected a JSON object at the top level, got {type(res).__name__}")
+    study = _need(res, "study", str, "results", path)
+    if study not in STUDIES:
+        raise UserError(f"{path}: results.study is {study!r}; expected one of {', '.join(STUDIES)}")
+    runs = _list_of_dicts(res, "runs", path, required=True)
+    if not runs:
+        raise UserError(f"{path}: results.runs is empty; expected one entry per unlearning run")
+    group = "region" if study == "controlled" else "localizer"
+    for i, r in enumerate(runs):
+        w = f"runs[{i}]"
+        _need(r, "method", str, w, path)
+        _need(r, group, str, w, path)
+        if study == "controlled":
+            _need(r, "seed", int, w, path)
+            if r["region"] not in tables.REGIONS:
+                raise UserError(f"{path}: {w}.region is {r['region']!r}; expected 'oracle' or 'random'")
+        _need(r, "aues", _NUM, w, path)
+        _need(r, "mu95", _NUM, w, path)
+        for j, p in enumerate(r.get("trajectory") or []):
+            _need(p, "FS", _NUM, f"{w}.trajectory[{j}]", path)
+            _need(p, "RS", _NUM, f"{w}.trajectory[{j}]", path)
+    for i, m in enumerate(_list_of_dicts(res, "masks", path, required=False)):
+        _need(m, "per_layer_counts", list, f"masks[{i}]", path)
+        _need(m, "name" if study == "controlled" else "localizer", str, f"masks[{i}]", path)
+    for i, r in enumerate(_list_of_dicts(res, "injection", path, required=False)):
+        _need(r, "forget_es", _NUM, f"injection[{i}]", path)
+    for i, r in enumerate(_list_of_dicts(res, "localization_check", path, required=False)):
+        _need(r, "method", str, f"localization_check[{i}]", path)
+        _need(r, "precision", _NUM, f"localization_check[{i}]", path)
+        _need(r, "recall", _NUM, f"localization_check[{i}]", path)
+    _list_of_dicts(res, "tests", path, required=False)
+    if "output_fit" in res:
+        of = _need(res, "output_fit", dict, "results", path)
+        for i, r in enumerate(of.get("per_layer") or []):
+            _need(r, "layer", int, f"output_fit.per_layer[{i}]", path)
+            _need(r, "residual", _NUM, f"output_fit.per_layer[{i}]", path)
+    return res
+
+
+def _plot(fig, name: str, caption: str, made: list) -> list:
+    """A one-element block list with the rendered figure (empty when the figure's data is absent)."""
+    if fig is None:
+        return []
+    p = Plot(name, caption, plots.png(fig))
+    made.append(p)
+    return [p]
+
+
+def controlled_sections(res: dict, made: list) -> list[tuple[str, list]]:
+    s = [("AUES: Oracle vs Random", [
+            tables.comparison_table(res, "aues"),
+            *_plot(plots.aues_bars(res), "aues_oracle_vs_random.png",
+                   "AUES per method: Oracle (injected region) vs Random (disjoint region), and their difference.", made)]),
+         ("MU95: Oracle vs Random", [tables.comparison_table(res, "mu95"),
+                                     "MU95 = log10 FQ where MU first drops below 95% of its start (higher is better)."]),
+         ("Trajectories", _plot(plots.trajectories(res), "trajectories.png",
+                                "RS vs FS along each unlearning run; one line per seed.", made))]
+    if res.get("injection"):
+        s.insert(0, ("Injection (theta_r -> theta_o)", [tables.injection_table(res)]))
+    if res.get("masks") or res.get("localization_check"):
+        s.append(("Mask distribution", _plot(plots.mask_layers(res), "mask_layers.png",
+                                             "Value vectors per layer in each mask (seed 0).", made)))
+    if res.get("localization_check"):
+        s.append(("Localization check", [
+            "Can localization methods find the region V_tgt the facts were injected into? (SPEC §7 step 5)",
+            tables.localization_check_table(res),
+            *_plot(plots.localization_check(res), "localization_check.png",
+                   "Precision / recall at recovering V_tgt; dashed: what a random mask gets on average.", made)]))
+    if res.get("output_fit"):
+        s.append(("Output reproduction (SPEC §9)", [
+            *_plot(plots.output_fit_residuals(res), "output_fit_residual.png",
+                   "Per-layer relative residual of fitting a random region to the injected output change.", made),
+            *tables.output_fit_tables(res)]))
+    s.append(("Per-run values", [tables.runs_table(res)]))
+    return s
+
+
+def localization_sections(res: dict, made: list) -> list[tuple[str, list]]:
+    s = [("AUES and MU95 per localizer", [tables.localization_table(res)]),
+         ("Trajectories", _plot(plots.trajectories(res), "trajectories.png",
+                                "RS vs FS along each unlearning run; one colour per localizer.", made))]
+    if res.get("masks"):
+        s.append(("Mask distribution", _plot(plots.mask_layers(res), "mask_layers.png",
+                                             "Value vectors per layer in each localizer's mask.", made)))
+    s.append(("Per-run values", [tables.runs_table(res)]))
+    return s
+
+
+def build_report(study_dir: str | Path) -> dict:
+    """Write study_dir/report.html, report.md and plots/*.png; returns dict(html, md, plots) paths."""
+    d = Path(study_dir)
+    res = load_results(d)
+    made: list[Plot] = []
+    if res["study"] == "controlled":
+        title, headline, sections = "Controlled study: Oracle vs Random", tables.controlled_headline(res), controlled_sections(res, made)
+    else:
+        title, headline, sections = "Localization benchmark", tables.localization_headline(res), localization_sections(res, made)
+    sections = [(name, blocks) for name, blocks in sections if blocks]
+    meta = " · ".join(x for x in (
+        f"preset `{res['preset']}`" if res.get("preset") else "",
+        f"mask ratio {tables.fmt(res['ratio'], 2)}" if tables.isnum(res.get("ratio")) else "",
+        f"created {res['created']}" if res.get("created") else "",
+        f"elapsed {res['elapsed_s']:.0f} s" if tables.isnum(res.get("elapsed_s")) else "",
+        f"results: `{d / 'results.json'}`") if x)
+    plot_dir = d / "plots"
+    for old in plot_dir.glob("*.png") if plot_dir.is_dir() else []:
+        old.unlink()  # a rebuild must not leave plots of sections that are gone
+    paths = []
+    for p in made:
+        out = plot_dir / p.name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        paths.append(out)
+        atomic_write(out, lambda t, data=p.data: Path(t).write_bytes(data))
+    config = json.dumps(res["config"], indent=2, sort_keys=True, default=str) if "config" in res else ""
+    md = write_text_atomic(d / "report.md", to_markdown(title, meta, headline, sections))
+    htm = write_text_atomic(d / "report.html", to_html(title, meta, headline, sections, config))
+    for f in [md, htm, *paths]:
+        f.chmod(0o644)  # atomic_write's temp files are private (0600); a report is meant to be shared
+    return {"html": htm, "md": md, "plots": paths}
+
+
+def cmd_report(cfg, run_dir: str | None = None) -> dict:
+    """`loc-unlearn report RUN_DIR`: rebuild the report of a study run directory."""
+    if not run_dir:
+        raise UserError("report: give the study run directory, e.g. `loc-unlearn report runs/study-controlled-<hash>`")
+    d = Path(run_dir)
+    if not d.exists() and (Path(cfg.runs_dir) / run_dir).is_dir():
+        d = Path(cfg.runs_dir) / run_dir  # a bare run name, relative to runs_dir
+    out = build_report(d)
+    log(f"report of {d}: {len(out['plots'])} plots")
+    print(f"report: {out['html']}\n        {out['md']}")
+    return out

@@ -1,0 +1,216 @@
+"""Study reports: files written, HTML self-contained, table numbers equal to the runs' own statistics."""
+import base64
+import json
+import re
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from loc_unlearn.errors import UserError
+from loc_unlearn.report import build_report, cmd_report
+
+METHODS = ("npo", "wga")
+SEEDS = (0, 1)
+L = 4
+
+
+def _trajectory(rng, start_fs, k=5):
+    fs = np.clip(start_fs + np.cumsum(rng.uniform(0.05, 0.2, k)), 0, 1)
+    rs = np.clip(0.9 - np.cumsum(rng.uniform(0.0, 0.15, k)), 0, 1)
+    return [{"step": 0, "FS": start_fs, "RS": 0.9, "MU": 0.4, "log10_FQ": -5.0}] + [
+        {"step": i + 1, "FS": float(f), "RS": float(r), "MU": 0.4 - 0.02 * i, "log10_FQ": -5.0 + i}
+        for i, (f, r) in enumerate(zip(fs, rs))]
+
+
+def _controlled(optional: bool) -> dict:
+    rng = np.random.default_rng(0)
+    runs = []
+    for m in METHODS:
+        for reg in ("oracle", "random"):
+            for s in SEEDS:
+                runs.append({"method": m, "region": reg, "seed": s, "aues": float(rng.uniform(0.4, 0.7)),
+                             "mu95": float(rng.uniform(-6, -1)), "mu95_not_reached": bool(m == "wga" and s == 1),
+                             "trajectory": _trajectory(rng, 0.05), "run_dir": f"runs/unlearn-{m}-{reg}-{s}",
+                             "extra_field": {"ignored": True}})
+    tests = []
+    for m in METHODS:
+        for metric in ("aues", "mu95"):
+            a = [r[metric] for r in runs if r["method"] == m and r["region"] == "oracle"]
+            b = [r[metric] for r in runs if r["method"] == m and r["region"] == "random"]
+            d = np.subtract(a, b)
+            tests.append({"method": m, "metric": metric, "n": 2, "oracle_mean": 0.0, "oracle_std": 0.0,  # wrong on purpose:
+                          "random_mean": 0.0, "random_std": 0.0,  # the report must use the runs themselves
+                          "mean_diff": float(d.mean()), "p_t": float(stats.ttest_rel(a, b).pvalue),
+                          "p_wilcoxon": 0.5, "ci_low": float(d.min()), "ci_high": float(d.max()),
+                          "notes": ["bootstrap CI from n=2 pairs is not meaningful"]})
+    res = {"study": "controlled", "preset": "tiny", "config": {"study": {"seeds": 2}}, "created": "2025-01-01T00:00:00",
+           "elapsed_s": 12.5, "ratio": 0.1, "runs": runs, "tests": tests,
+           "injection": [{"seed": s, "forget_es": 0.93, "target_es": 0.85, "full_ft_es": 0.95, "reached": s == 0}
+                         for s in SEEDS],
+           "masks": [{"seed": s, "name": n, "per_layer_counts": rng.integers(0, 20, L).tolist()}
+                     for s in SEEDS for n in ("oracle", "random")]}
+    if optional:
+        res["localization_check"] = [{"seed": 0, "method": lm, "precision": p, "recall": p,
+                                      "per_layer_counts": rng.integers(0, 20, L).tolist()}
+                                     for lm, p in (("activation", 0.4), ("gradient", 0.7))]
+        res["output_fit"] = {"per_layer": [{"layer": i, "residual": 0.2 + 0.1 * i, "n_tokens": 500} for i in range(L)],
+                             "theta_o": {"FS": 0.07, "RS": 0.9}, "theta_r": {"FS": 0.8, "RS": 0.91},
+                             "stitched": {"FS": 0.3, "RS": 0.88}}
+    return res
+
+
+def _write(tmp_path, res, name="study"):
+    d = tmp_path / name
+    d.mkdir()
+    (d / "results.json").write_text(json.dumps(res))
+    return d
+
+
+def _check_self_contained(html: str, n_plots: int):
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, re.I)
+    assert "<link" not in html and "<script" not in html
+    imgs = re.findall(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(imgs) == html.count("<img") == n_plots
+    for b in imgs:
+        assert base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _row(md: str, first_cell: str, header_start: str) -> list[str]:
+    """Cells of the row starting with `first_cell` in the table whose header starts with `header_start`."""
+    table = md.split(header_start, 1)[1].split("\n\n", 1)[0]
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"row {first_cell!r} not found")
+
+
+@pytest.mark.parametrize("optional", [True, False])
+def test_controlled_report(tmp_path, optional):
+    res = _controlled(optional)
+    d = _write(tmp_path, res)
+    out = build_report(d)
+    assert out["html"] == d / "report.html" and out["md"] == d / "report.md"
+    assert out["html"].is_file() and out["md"].is_file()
+    html, md = out["html"].read_text(), out["md"].read_text()
+    pngs = sorted(p.name for p in (d / "plots").glob("*.png"))
+    # aues bars, trajectories, mask layers (+ localization check, output-fit residuals)
+    assert len(pngs) == len(out["plots"]) == (5 if optional else 3)
+    _check_self_contained(html, len(pngs))
+    for name in pngs:
+        assert f"](plots/{name})" in md
+    assert ("Localization check" in md) == optional and ("Output reproduction" in md) == optional
+
+    # the tables equal means/stds recomputed here from the runs (not the deliberately wrong test entries)
+    for m in METHODS:
+        for metric, nd, head in (("aues", 3, "| method | AUES Oracle"), ("mu95", 2, "| method | MU95 Oracle")):
+            row = _row(md, m, head)
+            for col, reg in ((1, "oracle"), (2, "random")):
+                v = np.array([r[metric] for r in res["runs"] if r["method"] == m and r["region"] == reg])
+                assert row[col].startswith(f"{v.mean():.{nd}f} ± {v.std(ddof=1):.{nd}f}")
+                flagged = any(r["mu95_not_reached"] for r in res["runs"] if r["method"] == m and r["region"] == reg)
+                assert row[col].endswith("†") == (metric == "mu95" and flagged)
+            t = next(t for t in res["tests"] if t["method"] == m and t["metric"] == metric)
+            assert row[4] == f"{t['p_t']:.3f}" and row[6] == f"[{t['ci_low']:.{nd}f}, {t['ci_high']:.{nd}f}]"
+
+    # the headline: one line per method with Oracle vs Random AUES and the p-value, before any table
+    head = md.split("## Headline", 1)[1].split("\n## ", 1)[0]
+    for m in METHODS:
+        t = next(t for t in res["tests"] if t["method"] == m and t["metric"] == "aues")
+        line = next(ln for ln in head.splitlines() if ln.startswith(f"- **{m}**"))
+        assert f"p = {t['p_t']:.3f}" in line
+        assert ("**significant**" in line) == (t["p_t"] < 0.05)
+    assert "injection did not reach its target ES for seed(s) 1" in head
+    assert "| 1 | 0.930 | 0.850 | 0.950 | **no** |" in md  # injection table, seed 1 not reached
+    if optional:
+        assert _row(md, "gradient", "| localization method")[1] == "0.700"
+        assert "| stitched theta_r + Delta_R | 0.300 | 0.880 |" in md
+
+    # rebuilding without the optional sections removes their stale plots
+    if optional:
+        for k in ("localization_check", "output_fit"):
+            res.pop(k)
+        (d / "results.json").write_text(json.dumps(res))
+        out = build_report(d)
+        assert len(list((d / "plots").glob("*.png"))) == 3
+        _check_self_contained(out["html"].read_text(), 3)
+
+
+def test_report_is_reproducible(tmp_path):
+    res = _controlled(True)
+    a, b = _write(tmp_path, res, "a"), _write(tmp_path, res, "b")
+    build_report(a), build_report(b)
+    for p in ["report.html", "report.md"] + [f"plots/{q.name}" for q in (a / "plots").glob("*.png")]:
+        assert (a / p).read_bytes().replace(bytes(str(a), "utf8"), b"") == \
+               (b / p).read_bytes().replace(bytes(str(b), "utf8"), b""), p
+
+
+def test_missing_tests_entries_are_recomputed(tmp_path):
+    res = _controlled(False)
+    del res["tests"]
+    md = build_report(_write(tmp_path, res))["md"].read_text()
+    for m in METHODS:
+        a = [r["aues"] for r in res["runs"] if r["method"] == m and r["region"] == "oracle"]
+        b = [r["aues"] for r in res["runs"] if r["method"] == m and r["region"] == "random"]
+        assert _row(md, m, "| method | AUES Oracle")[4] == f"{stats.ttest_rel(a, b).pvalue:.3f}"
+
+
+def test_localization_report(tmp_path):
+    rng = np.random.default_rng(1)
+    locs = ("random", "activation", "wagle")
+    runs = [{"localizer": loc, "method": m, "aues": float(rng.uniform(0.4, 0.7)), "mu95": float(rng.uniform(-9, -2)),
+             "mu95_not_reached": False, "trajectory": _trajectory(rng, 0.1)} for loc in locs for m in METHODS]
+    res = {"study": "localization", "preset": "tiny", "ratio": 0.1, "runs": runs,
+           "masks": [{"localizer": loc, "per_layer_counts": rng.integers(0, 20, L).tolist()} for loc in locs]}
+    out = build_report(_write(tmp_path, res))
+    md = out["md"].read_text()
+    assert len(out["plots"]) == 2  # trajectories, mask distribution
+    _check_self_contained(out["html"].read_text(), 2)
+    header = "| localizer | " + " | ".join(f"{m} AUES | {m} MU95" for m in METHODS) + " |"
+    assert header in md
+    for loc in locs:
+        row = _row(md, loc, "| localizer |")
+        for j, m in enumerate(METHODS):
+            r = next(r for r in runs if r["localizer"] == loc and r["method"] == m)
+            assert row[1 + 2 * j].strip("*") == f"{r['aues']:.3f}" and row[2 + 2 * j] == f"{r['mu95']:.2f}"
+    for m in METHODS:  # best AUES per method in bold
+        best = max((r for r in runs if r["method"] == m), key=lambda r: r["aues"])
+        assert _row(md, best["localizer"], "| localizer |")[1 + 2 * METHODS.index(m)].startswith("**")
+        line = next(ln for ln in md.splitlines() if ln.startswith(f"- **{m}**"))
+        rnd = next(r["aues"] for r in runs if r["method"] == m and r["localizer"] == "random")
+        assert f"random mask AUES {rnd:.3f}" in line
+
+
+def test_bad_input_is_user_error(tmp_path):
+    with pytest.raises(UserError, match="not a directory"):
+        build_report(tmp_path / "nope")
+    d = tmp_path / "empty"
+    d.mkdir()
+    with pytest.raises(UserError, match=re.escape(str(d / "results.json"))):
+        build_report(d)
+    with pytest.raises(UserError, match="RUN_DIR|run directory"):
+        cmd_report(None)
+    (d / "results.json").write_text('{"study": "controlled", "runs": [')
+    with pytest.raises(UserError, match="not valid JSON.*line 1"):
+        build_report(d)
+    res = _controlled(False)
+    del res["runs"][3]["aues"]
+    (d / "results.json").write_text(json.dumps(res))
+    with pytest.raises(UserError, match=r"runs\[3\] lacks field 'aues'"):
+        build_report(d)
+    res = _controlled(False)
+    res["study"] = "other"
+    (d / "results.json").write_text(json.dumps(res))
+    with pytest.raises(UserError, match="controlled, localization"):
+        build_report(d)
+
+
+def test_cli_report(tmp_path, capsys):
+    from loc_unlearn.cli import main
+
+    d = _write(tmp_path, _controlled(False))
+    assert main(["report", str(d)]) == 0
+    assert str(d / "report.html") in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
