@@ -96,7 +96,8 @@ def controlled_headline(res: dict) -> list[str]:
                      f"(diff {fmt(t.get('mean_diff'))}, {better} higher), paired t p = {fmt_p(p)}: {verdict}.")
     n_seeds = len({r["seed"] for r in res["runs"]})
     summary = (f"Oracle (the injected region V_tgt) vs Random (a disjoint region of the same size), {n_seeds} "
-               f"seed(s): the difference in AUES is significant for {n_sig} of {n_tested} tested method(s).")
+               f"seed(s): " + (f"the difference in AUES is significant for {n_sig} of {n_tested} tested method(s)."
+                              if n_tested else "no method could be tested (a paired t-test needs 2+ seeds that differ)."))
     if n_tested and n_sig == 0:
         summary += " Knowing where the knowledge was put did not make unlearning it measurably better."
     short = [str(r.get("seed")) for r in res.get("injection") or [] if not r.get("reached")]
@@ -169,7 +170,8 @@ def output_fit_tables(res: dict) -> list[Table]:
         out.append(Table(["layer", "relative residual", "tokens"],
                          [[str(r["layer"]), fmt(r["residual"]), str(r.get("n_tokens", ""))] for r in of["per_layer"]],
                          ["Relative residual of fitting a random region to theta_o's MLP output change on forget "
-                          "tokens: 1 = no update helps, 0 = reproduced exactly (SPEC §9)."]))
+                          "tokens: 1 = no update helps, 0 = reproduced exactly (SPEC §9); n/a = nothing to reproduce in that "
+                          "layer (no V_tgt columns or no change)."]))
     models = [(k, lab) for k, lab in (("theta_o", "theta_o (injected)"), ("theta_r", "theta_r (never saw forget set)"),
                                       ("stitched", "stitched theta_r + Delta_R")) if isinstance(of.get(k), dict)]
     if models:
