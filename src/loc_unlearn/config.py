@@ -40,6 +40,10 @@ class DataConfig:
     """Retain split; empty = the complement of forget_split (retain99/95/90)."""
     max_eval_rows: int = 0
     """Truncate every eval set to this many rows (0 = use whole sets, SPEC §3)."""
+    n_real_authors: int = 100
+    """Synthetic world: rows of real_authors_perturbed (TOFU has 100); pretrain covers their facts."""
+    n_world_facts: int = 117
+    """Synthetic world: rows of world_facts_perturbed (TOFU has 117); pretrain covers these facts."""
 
 
 @dataclass
