@@ -1,0 +1,150 @@
+"""TOFU-style evaluation of one model (SPEC §2-3): FS, RS, Prob, ROUGE-L, truth ratio, FQ, MU.
+
+`evaluate_model` returns a JSON-serializable dict:
+  FS, RS, MU, MU_sets, MU_terms, MU_note, FQ, log10_FQ, es_floor, and one dict per eval set
+  (forget / retain / real_authors / world_facts) with aggregates (n, es, em, prob, rouge_l,
+  truth_ratio) and per-example lists (es_per, em_per, nll, prob_per, rouge_l_per, generations,
+  truth_ratio_raw = R per example, the values Forget Quality compares).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+
+from ..errors import UserError
+from .generation import generate, rouge_l_recall
+from .token_metrics import token_metrics
+
+SET_NAMES = ("forget", "retain", "real_authors", "world_facts")
+MU_SETS = ("retain", "real_authors", "world_facts")
+FQ_FLOOR = 1e-300
+
+
+def _mean(x):
+    return float(np.mean(x)) if len(x) else float("nan")
+
+
+def truth_ratios(nll_base: list[float], nll_pert: list[list[float]]) -> list[float]:
+    """R = P_pert / P_base per example, P_pert = exp(-mean_pert NLL_avg) (SPEC §3)."""
+    return [math.exp(b - float(np.mean(p))) for b, p in zip(nll_base, nll_pert)]
+
+
+def eval_set(model, tokenizer, name: str, rows: list[dict], cfg) -> dict:
+    """Every per-set number of SPEC §3 for one eval set."""
+    tm = token_metrics(model, tokenizer, rows, batch_size=cfg.batch_size, es_floor=cfg.es_floor)
+    p = [math.exp(-v) for v in tm["nll"]]
+    out = {"n": len(rows), "es": _mean(tm["es"]), "em": _mean(tm["em"]),
+           "es_per": tm["es"], "em_per": tm["em"], "nll": tm["nll"], "prob_per": p}
+    is_qa_set = name in ("forget", "retain")
+    pert = tm.get("nll_perturbed")
+    if is_qa_set or pert is None:
+        out["prob"] = _mean(p)
+    else:
+        # Real authors / world facts: probability normalized against the wrong options.
+        out["prob_per"] = [pa / (pa + sum(math.exp(-v) for v in pv)) for pa, pv in zip(p, pert)]
+        out["prob"] = _mean(out["prob_per"])
+    base = tm.get("nll_paraphrased") if is_qa_set else tm["nll"]
+    if pert is not None and base is not None:
+        r = truth_ratios(base, pert)
+        out["truth_ratio_raw"] = r
+        per = [min(x, 1.0 / x) for x in r] if name == "forget" else [max(0.0, 1.0 - x) for x in r]
+        out["truth_ratio"] = _mean(per)
+    else:
+        out["truth_ratio_raw"], out["truth_ratio"] = None, None
+    if cfg.rouge:
+        gens = generate(model, tokenizer, [r["question"] for r in rows], cfg.max_new_tokens, cfg.batch_size)
+        out["generations"] = gens
+        out["rouge_l_per"] = rouge_l_recall(gens, [r["answer"] for r in rows])
+        out["rouge_l"] = _mean(out["rouge_l_per"])
+    else:
+        out["rouge_l"] = None
+    return out
+
+
+def forget_quality(truth_ratios_model, truth_ratios_ref) -> tuple[float, float]:
+    """(FQ, log10 FQ): two-sided KS p-value between forget-set truth ratios (SPEC §3), floored at 1e-300."""
+    p = float(stats.ks_2samp(np.asarray(truth_ratios_model, float), np.asarray(truth_ratios_ref, float)).pvalue)
+    p = max(p, FQ_FLOOR)
+    return p, math.log10(p)
+
+
+def model_utility(sets: dict) -> tuple[float, list[str], dict, str]:
+    """Harmonic mean of {Prob, ROUGE-L, Truth ratio} x {retain, real authors, world facts} (SPEC §3).
+
+    Uses the sets (and numbers) that exist; the note says what was left out.
+    """
+    terms, missing = {}, []
+    for s in MU_SETS:
+        if s not in sets:
+            missing.append(s)
+            continue
+        for k in ("prob", "rouge_l", "truth_ratio"):
+            v = sets[s].get(k)
+            if v is None:
+                missing.append(f"{s}/{k}")
+            else:
+                terms[f"{s}/{k}"] = float(v)
+    used = [s for s in MU_SETS if s in sets]
+    if not terms:
+        return float("nan"), used, terms, "no Model Utility sets"
+    vals = np.array(list(terms.values()))
+    # hmean is 0 if any term is 0 (scipy requires non-negative values; tiny negatives cannot occur).
+    mu = 0.0 if np.any(vals <= 0) else float(stats.hmean(vals))
+    note = f"harmonic mean of {len(terms)} numbers" + (f"; missing: {', '.join(missing)}" if missing else "")
+    return mu, used, terms, note
+
+
+def _canonical(name: str) -> str:
+    """Accept split names as well as set names: forget10_perturbed -> forget, retain_perturbed -> retain."""
+    n = name.removesuffix("_perturbed")
+    if n.startswith("forget"):
+        return "forget"
+    if n in SET_NAMES:
+        return n
+    raise UserError(f"unknown eval set {name!r}; known: {', '.join(SET_NAMES)} (or their *_perturbed split names)")
+
+
+def evaluate_model(model, tokenizer, eval_sets: dict, cfg, reference_truth_ratios=None) -> dict:
+    """All metrics of one model (SPEC §2-3). `reference_truth_ratios`: the reference (retain) model's
+    forget-set `truth_ratio_raw` list, or its whole metrics dict; None -> FQ is None."""
+    sets = {}
+    for name, rows in eval_sets.items():
+        key = _canonical(name)
+        if key in sets:
+            raise UserError(f"eval sets {name!r} and another both map to {key!r}")
+        sets[key] = eval_set(model, tokenizer, key, rows, cfg)
+    for need in ("forget", "retain"):
+        if need not in sets:
+            raise UserError(f"evaluate_model needs a {need!r} eval set; got {sorted(eval_sets)}")
+    out = {"FS": 1.0 - sets["forget"]["es"], "RS": sets["retain"]["es"], "es_floor": cfg.es_floor}
+    out["MU"], out["MU_sets"], out["MU_terms"], out["MU_note"] = model_utility(sets)
+    out["FQ"], out["log10_FQ"] = None, None
+    ref = reference_truth_ratios
+    if isinstance(ref, dict):
+        ref = ref["forget"]["truth_ratio_raw"]
+    if ref is not None:
+        mine = sets["forget"]["truth_ratio_raw"]
+        if mine is None:
+            raise UserError("Forget Quality needs paraphrased and perturbed answers in the forget eval set")
+        out["FQ"], out["log10_FQ"] = forget_quality(mine, ref)
+    out.update(sets)
+    return out
+
+
+def format_table(metrics: dict) -> str:
+    """Readable console table: one line per eval set, then the summary numbers."""
+    def f(v, w=8):
+        return f"{'-':>{w}}" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:>{w}.4f}"
+
+    lines = [f"{'set':<14}{'n':>6}{'ES':>8}{'EM':>8}{'Prob':>8}{'ROUGE-L':>9}{'TruthR':>8}"]
+    for s in SET_NAMES:
+        if s in metrics:
+            m = metrics[s]
+            lines.append(f"{s:<14}{m['n']:>6}{f(m['es'])}{f(m['em'])}{f(m['prob'])}{f(m['rouge_l'], 9)}"
+                         f"{f(m['truth_ratio'])}")
+    lines.append(f"FS {f(metrics['FS'], 0)}  RS {f(metrics['RS'], 0)}  MU {f(metrics['MU'], 0)}  "
+                 f"log10 FQ {f(metrics.get('log10_FQ'), 0)}")
+    lines.append(f"MU: {metrics.get('MU_note', '')}")
+    return "\n".join(lines)
