@@ -193,3 +193,13 @@ def test_two_processes_match_one(tmp_path):
     wb = load_file(str(tmp_path / "two" / "final.safetensors"))
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_rmu_reference_is_the_start_model(tok, tmp_path, masked):
+    """At step 1 the model IS the reference, so RMU's retain term (h - h_ref)^2 is exactly 0; after an update
+    it is not (the reference stays the start model: delta disabled, or the frozen copy when unmasked)."""
+    model, mask, forget, retain = setup(tok)
+    res = train(model, tok, forget, retain, "rmu", replace(CFG, epochs=1, lr=3e-2), tmp_path, mask=mask if masked else None)
+    assert res.log[0]["retain_loss"] == 0.0
+    assert res.log[1]["retain_loss"] > 0.0
