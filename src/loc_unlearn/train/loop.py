@@ -251,6 +251,8 @@ def train(model, tokenizer, forget_rows, retain_rows, objective: str, train_cfg:
     target = rmu_target(model.config.hidden_size, hp["rmu_c"], cfg.seed).to(device) if objective == "rmu" else None
 
     params = md.parameters()
+    if not params:
+        raise UserError("the mask selects no value vectors: nothing to train (check the mask file / ratio)")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0 if md.masked else cfg.weight_decay)
 
     # ---- resume

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MaskError
-from ..models.value_vectors import down_projs, shape, value_matrix
+from ..models.value_vectors import down_proj_weight_param, down_projs, shape, value_matrix
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -83,6 +83,7 @@ class MaskedDelta:
         self.idx: list[torch.Tensor] = []
         self.deltas: list[nn.Parameter] = []
         self._mods: list[nn.Module] = []
+        self._w: list[tuple[nn.Parameter, bool]] = []
         self._enabled = True
         self.merged = False
         if self.mask is None:
@@ -96,7 +97,9 @@ class MaskedDelta:
         for p in model.parameters():
             p.requires_grad_(False)
         for l, mod in enumerate(down_projs(model)):
-            w = value_matrix(model, l)
+            # looked up once: the adapter walks every layer, too slow to call inside each forward
+            self._w.append(down_proj_weight_param(model, l))
+            w = self._vm(l)
             idx = self.mask[l].nonzero().flatten().to(w.device)
             delta = nn.Parameter(torch.zeros(w.shape[0], len(idx), device=w.device, dtype=torch.float32))
             self.idx.append(idx)
@@ -104,6 +107,11 @@ class MaskedDelta:
             self._mods.append(mod)
             if len(idx):
                 mod.forward = types.MethodType(self._make_forward(l), mod)
+
+    def _vm(self, l: int) -> torch.Tensor:
+        """W_down of layer l as [d, d_ff] (a view of the weight)."""
+        w, transposed = self._w[l]
+        return w.T if transposed else w
 
     @property
     def masked(self) -> bool:
@@ -113,7 +121,7 @@ class MaskedDelta:
         md = self
 
         def forward(mod, x):
-            w = value_matrix(md.model, l)
+            w = md._vm(l)
             bias = getattr(mod, "bias", None)
             if not md._enabled:  # the start model: plain weights
                 return F.linear(x, w, bias)
@@ -136,7 +144,7 @@ class MaskedDelta:
             return
         for l, d in enumerate(self.deltas):
             if d.numel():
-                w0 = value_matrix(self.model, l)[:, self.idx[l]].float()
+                w0 = self._vm(l)[:, self.idx[l]].float()
                 d.sub_(lr * weight_decay * (w0 + d))
 
     # ------------------------------------------------------------------ reference model
@@ -182,7 +190,7 @@ class MaskedDelta:
         if self.masked and not self.merged:
             for l, mod in enumerate(self._mods):
                 if len(self.idx[l]):
-                    w = value_matrix(self.model, l)
+                    w = self._vm(l)
                     w[:, self.idx[l]] = (w[:, self.idx[l]].float() + self.deltas[l].float()).to(w.dtype)
                     del mod.forward  # drop the instance attribute: the class forward is back
             for p in self.model.parameters():
