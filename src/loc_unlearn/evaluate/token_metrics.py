@@ -74,15 +74,14 @@ def _run(model, items, pad_id, batch_size, es_floor, desc):
         T = b["input_ids"].shape[1]
         # Logits are only needed from the first answer-predicting position on: saves the
         # lm_head matmul (and the [B,T,V] buffer) over prompt positions.
-        first = int(b["metric_mask"].float().argmax(1).min())
+        first = min(items[i]["n_prompt"] for i in idx)
         keep = T - first + 1
         res = model(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev),
                     logits_to_keep=keep, use_cache=False)
         st = answer_stats(res.logits, b["labels"].to(dev), b["metric_mask"].to(dev), es_floor)
+        es, em, nll, n = (st[k].tolist() for k in ("es", "em", "nll_sum", "n"))  # one sync per batch
         for j, i in enumerate(idx):
-            n = int(st["n"][j])
-            out[i] = {"es": float(st["es"][j]), "em": float(st["em"][j]),
-                      "nll": float(st["nll_sum"][j]) / n, "n": n}
+            out[i] = {"es": es[j], "em": em[j], "nll": nll[j] / n[j], "n": n[j]}
     return out
 
 
