@@ -117,6 +117,10 @@ class TrainConfig:
 class FinetuneConfig:
     split: str = "retain90"
     """Split to fine-tune on: 'retain90' (theta_r), 'full', ...; synthetic pretraining uses 'pretrain'."""
+    replay_split: str = ""
+    """Split mixed into fine-tuning to keep general knowledge (tiny preset: 'pretrain'). A 1M-parameter
+    model forgets its pretraining facts entirely when fine-tuned on authors alone, which would leave
+    Model Utility nothing to measure; real LLMs do not need this (empty = off, SPEC §7 as written)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Recipe (SPEC §7 step 1: lr 1e-5, 5 epochs, batch 32, wd 0.01, warmup 1 epoch; presets scale it)."""
 

@@ -171,10 +171,14 @@ def finetune(cfg: Config, base: ModelRef | None = None) -> ModelRef:
     def build(p: Path) -> dict:
         model, tok = base.load(cfg)
         rows = load_rows(cfg, split)
-        res = train(model, tok, rows, [], "learn", cfg.finetune.train, p / "train")
+        replay = load_rows(cfg, cfg.finetune.replay_split) if cfg.finetune.replay_split else []
+        res = train(model, tok, rows + replay, [], "learn", cfg.finetune.train, p / "train")
         save_model(model, tok, p / "model")
-        return {"split": split, "rows": len(rows), "train_log": res.log[-1:] if res.log else [],
-                **exact_match_rate(model, tok, rows, cfg)}
+        out = {"split": split, "rows": len(rows), "replay_rows": len(replay),
+               "train_log": res.log[-1:] if res.log else [], **exact_match_rate(model, tok, rows, cfg)}
+        if replay:
+            out["replay"] = exact_match_rate(model, tok, replay, cfg)
+        return out
 
     key = {"finetune": asdict(cfg.finetune), "base": base.fingerprint, "data": data_fp}
     return _ref_from_run(cached(cfg.runs_dir, "finetune", key, build))
