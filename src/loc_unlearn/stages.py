@@ -8,6 +8,7 @@ the study runners only call these. Data flows one way (DESIGN): data -> base mod
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -26,15 +27,21 @@ def _data_key(cfg: Config) -> dict:
 
 
 def synthetic_world(cfg: Config) -> Run:
+    return _synthetic_world(cfg.runs_dir, tuple(sorted(_data_key(cfg).items())))
+
+
+@functools.lru_cache(maxsize=8)
+def _synthetic_world(runs_dir: str, items: tuple) -> Run:
+    # Memoized per process: every stage asks for the data; generate/verify it once.
     from .data.synthetic import write_world
 
-    d = _data_key(cfg)
+    d = dict(items)
 
     def build(p: Path) -> dict:
         write_world(p, **d)
         return {"files": sorted(f.name for f in p.iterdir() if f.is_file())}
 
-    return cached(cfg.runs_dir, "data", {"data": d}, build)
+    return cached(runs_dir, "data", {"data": d}, build)
 
 
 def data_source(cfg: Config) -> tuple[str, str]:

@@ -78,8 +78,10 @@ def localization_check(cfg: Config, prep: dict) -> list[dict]:
     tgt = Mask.load(prep["masks"]["oracle"])
     rows = []
     for method in cfg.study.localizers:
-        lcfg = dataclasses.replace(cfg.localize, method=method, ratio=cfg.inject.ratio, seed=prep["seed"],
-                                   source_mask="")
+        # Another seed than V_tgt's own (which is the `random` method with seed s): otherwise "random"
+        # would trivially recover V_tgt.
+        lcfg = dataclasses.replace(cfg.localize, method=method, ratio=cfg.inject.ratio,
+                                   seed=prep["seed"] + 20_000, source_mask="")
         m = Mask.load(stages.localize(cfg, prep["theta_o"], lcfg))
         pr = m.precision_recall(tgt)
         rows.append({"seed": prep["seed"], "method": method, "precision": pr["precision"], "recall": pr["recall"],
