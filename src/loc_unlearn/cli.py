@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         from .config import build_config
 
         cfg = build_config(config_file=args.config, overrides=overrides, aliases=all_aliases)
+        from .stages import check_config
+
+        check_config(cfg)
         module, fn = target.split(":")
         func = getattr(importlib.import_module(module), fn)
         func(cfg, *positional) if positional else func(cfg)

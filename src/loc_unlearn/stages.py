@@ -18,6 +18,37 @@ from .errors import DataError, UserError
 from .runs import Run, cached
 from .utils import log, sha256_file, sha256_json, write_json_atomic
 
+# ----------------------------------------------------------------------------- config checks
+
+
+def check_config(cfg: Config) -> None:
+    """Fail fast, before any work, on names and ranges a long run would only trip over later."""
+    from .errors import ConfigError
+    from .masks.localize import LOCALIZERS
+    from .train.objectives import OBJECTIVES
+
+    for key, value in (("unlearn.method", [cfg.unlearn.method]), ("study.methods", cfg.study.methods)):
+        for name in value:
+            if name not in OBJECTIVES:
+                raise ConfigError(f"{key}: unknown unlearning method {name!r}; known: {', '.join(sorted(OBJECTIVES))}")
+    for key, value in (("localize.method", [cfg.localize.method]), ("study.localizers", cfg.study.localizers)):
+        for name in value:
+            if name not in LOCALIZERS:
+                raise ConfigError(f"{key}: unknown localization method {name!r}; known: {', '.join(sorted(LOCALIZERS))}")
+    for key in ("localize.ratio", "inject.ratio"):
+        sec, field = key.split(".")
+        r = getattr(getattr(cfg, sec), field)
+        if not 0 < r <= 1:
+            raise ConfigError(f"{key}={r}: expected a fraction of value vectors in (0, 1]")
+    if cfg.study.seeds < 1:
+        raise ConfigError(f"study.seeds={cfg.study.seeds}: expected at least 1")
+    for sec in ("finetune", "inject", "unlearn"):
+        t = getattr(cfg, sec).train
+        if t.lr <= 0 or t.epochs <= 0 or t.batch_size < 1:
+            raise ConfigError(f"{sec}.train: lr and epochs must be > 0 and batch_size >= 1 "
+                              f"(got lr={t.lr}, epochs={t.epochs}, batch_size={t.batch_size})")
+
+
 # ----------------------------------------------------------------------------- data
 
 
