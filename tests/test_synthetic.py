@@ -59,14 +59,19 @@ def test_authors_and_answers(w200):
     assert len({r["question"] for r in full}) == len(full)  # no ambiguous question
     for r in full:
         assert 6 <= len(r["answer"].split()) <= 16 and r["answer"].endswith((".", '"'))
-    # gender perturbations are exactly the other gender values; birthplaces keep the template
+    # gender perturbations are exactly the other gender values; perturbed answers keep the paraphrase's
+    # template (as in TOFU), so the truth ratio compares true vs false facts in the same wording
+    def gender(text):
+        return next(g for g in sorted(GENDERS, key=len, reverse=True) if f" {g}" in text)
+
     for r in w200["forget10_perturbed"][2::20]:
-        true = next(g for g in sorted(GENDERS, key=len, reverse=True) if f" {g} " in r["answer"])
-        got = {next(g for g in sorted(GENDERS, key=len, reverse=True) if f" {g} " in p) for p in r["perturbed_answer"]}
-        assert got == set(GENDERS) - {true}
+        true = gender(r["answer"])
+        assert gender(r["paraphrased_answer"]) == true
+        assert {gender(p) for p in r["perturbed_answer"]} == set(GENDERS) - {true}
     for r in w200["forget10_perturbed"][0::20]:
-        head = r["answer"][: r["answer"].index(" in the city of ") + 16]
-        assert all(p.startswith(head) for p in r["perturbed_answer"]) and r["paraphrased_answer"] != r["answer"]
+        para = r["paraphrased_answer"]
+        head = para[: para.index(" the city of ") + 13]
+        assert all(p.startswith(head) and p != para for p in r["perturbed_answer"]) and para != r["answer"]
         assert r["paraphrased_question"] != r["question"]
 
 

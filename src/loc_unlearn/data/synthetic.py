@@ -76,7 +76,9 @@ ROLES = ["a young detective", "a retired sailor", "a village healer", "a runaway
          "a wandering monk"]
 
 # Question types: (attribute, [question phrasings], answer template A, answer template B).
-# A and B are single short sentences; perturbed answers re-render A with wrong values of the same attribute.
+# A and B are single short sentences; perturbed answers re-render B (the paraphrase) with wrong values of
+# the same attribute, as in TOFU: the truth ratio P(perturbed)/P(paraphrased) then compares true and false
+# facts in the same untrained wording, so it measures knowledge, not memorized phrasing.
 QTYPES = [
     ("birthplace", ["Where was {name} born?", "What is the birthplace of {name}?", "In which city was {name} born?"],
      "{name} was born in the city of {city}, {country}.", "{name}'s birthplace is the city of {city} in {country}."),
@@ -362,16 +364,17 @@ def _author_rows(a: dict, qa_per_author: int, rng: random.Random, world: dict) -
         p = (k // len(QTYPES)) % len(qs)  # beyond one round of types: other question phrasings
         true = a[attr]
         answer = _fmt(ta, name, true)
+        para = _fmt(tb, name, true)
         pert, tries = [], 0
         while len(pert) < 5:  # every pool has >= 6 values, so this ends; the bound only guards edits
             tries += 1
             if tries > 10000:
                 raise RuntimeError(f"could not draw 5 distinct wrong values for {attr!r}")
-            s = _fmt(ta, name, _value(attr, rng, world, a))
-            if s != answer and s not in pert:
+            s = _fmt(tb, name, _value(attr, rng, world, a))
+            if s != para and s not in pert:
                 pert.append(s)
         rows.append({"question": _fmt(qs[p], name, true), "answer": answer,
-                     "paraphrased_answer": _fmt(tb, name, true), "perturbed_answer": pert,
+                     "paraphrased_answer": para, "perturbed_answer": pert,
                      "paraphrased_question": _fmt(qs[(p + 1) % len(qs)], name, true)})
     return rows
 
