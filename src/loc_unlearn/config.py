@@ -135,6 +135,9 @@ class InjectConfig:
     """Seed of the random target region V_tgt."""
     lam: float = 1.0
     """lambda of learn_reg: NLL(forget) + lambda NLL(retain) (SPEC §5)."""
+    full_lr: float = 0.0
+    """Learning rate of the all-parameter reference injection that sets the target (0 = train.lr): the
+    masked recipe's rate can be too large for all parameters."""
     target_es_fraction: float = 0.9
     """Injection must reach this fraction of the forget ES that full fine-tuning reaches (SPEC §7)."""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -161,6 +164,10 @@ class UnlearnConfig:
     """RMU steering coefficient c."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Unlearning recipe; checkpoints every `checkpoint_every` epochs form the trajectory."""
+    per_method: dict = field(default_factory=dict)
+    """Per-method overrides of this section used by the studies, e.g. `{rmu: {train: {lr: 0.3}}}`.
+    Methods need different step sizes (RMU's hidden-state loss vs NPO's log-sigmoid); Oracle and
+    Random always share them, which is all the causal test requires (SPEC §7 step 3)."""
 
 
 @dataclass
@@ -283,6 +290,10 @@ def _coerce(value: Any, tp, where: str):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{where}': expected a list, got {value!r}")
         return [_coerce(v, args[0] if args else str, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{where}': expected a mapping, got {value!r}")
+        return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{where}': expected a mapping, got {value!r}")
@@ -322,11 +333,27 @@ def merge(cfg, updates: dict, prefix: str = ""):
             known = ", ".join(f.name for f in dataclasses.fields(cfg))
             raise ConfigError(f"unknown config key '{where}'; known keys here: {known}")
         tp = hints[key]
-        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        if (tp is dict or typing.get_origin(tp) is dict) and isinstance(value, dict):
+            # Mappings merge key by key, so `unlearn.per_method.rmu.train.lr=0.3` adds to the preset's.
+            setattr(cfg, key, _merge_dicts(getattr(cfg, key), value))
+        elif dataclasses.is_dataclass(tp) and isinstance(value, dict):
             merge(getattr(cfg, key), value, where)
         else:
             setattr(cfg, key, _coerce(value, tp, where))
     return cfg
+
+
+def _merge_dicts(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def method_config(ucfg: "UnlearnConfig", method: str) -> "UnlearnConfig":
+    """`ucfg` for `method` with its `per_method` overrides applied (validated like any config)."""
+    out = dataclasses.replace(ucfg, method=method, train=dataclasses.replace(ucfg.train), per_method={})
+    return merge(out, ucfg.per_method.get(method, {}), f"unlearn.per_method.{method}")
 
 
 def _parse_value(text: str):

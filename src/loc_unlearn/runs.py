@@ -104,5 +104,6 @@ def cached(runs_dir: str | Path, stage: str, key: dict[str, Any], build: Callabl
                 return run
     if verify:
         run.verify()
-    log(f"{stage}: reusing complete run {run.path}")
+    if stage.startswith("study"):  # inner stages are reused many times per study; say it once
+        log(f"{stage}: reusing complete run {run.path}")
     return run

@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from .config import Config, TrainConfig, dump_yaml
+from .config import Config, TrainConfig, dump_yaml, method_config
 from .errors import DataError, UserError
 from .runs import Run, cached
 from .utils import log, sha256_file, sha256_json, write_json_atomic
@@ -40,6 +40,10 @@ def check_config(cfg: Config) -> None:
         r = getattr(getattr(cfg, sec), field)
         if not 0 < r <= 1:
             raise ConfigError(f"{key}={r}: expected a fraction of value vectors in (0, 1]")
+    for name in cfg.unlearn.per_method:
+        if name not in OBJECTIVES:
+            raise ConfigError(f"unlearn.per_method: unknown unlearning method {name!r}; known: {', '.join(sorted(OBJECTIVES))}")
+        method_config(cfg.unlearn, name)
     if cfg.study.seeds < 1:
         raise ConfigError(f"study.seeds={cfg.study.seeds}: expected at least 1")
     for sec in ("finetune", "inject", "unlearn"):
@@ -267,8 +271,8 @@ def full_injection_es(cfg: Config, theta_r: ModelRef) -> float:
         model, tok = theta_r.load(cfg)
         forget = load_rows(cfg, cfg.data.forget_split)
         retain = load_rows(cfg, retain_split(cfg))
-        train(model, tok, forget, retain, "learn_reg", cfg.inject.train, p / "train",
-              hparams={"alpha": cfg.inject.lam})
+        tc = dataclasses.replace(cfg.inject.train, lr=cfg.inject.full_lr or cfg.inject.train.lr)
+        train(model, tok, forget, retain, "learn_reg", tc, p / "train", hparams={"alpha": cfg.inject.lam})
         return exact_match_rate(model, tok, forget, cfg)
 
     key = {"inject": asdict(cfg.inject) | {"seed": None, "mask": ""}, "theta_r": theta_r.fingerprint, "data": data_fp}
@@ -353,7 +357,7 @@ def unlearn(cfg: Config, model: ModelRef, mask_path: str | Path | None, referenc
     from .masks.mask import Mask
     from .train.loop import load_checkpoint, train
 
-    ucfg = ucfg or cfg.unlearn
+    ucfg = ucfg or method_config(cfg.unlearn, cfg.unlearn.method)
     _, data_fp = data_source(cfg)
     ref_tr = reference_truth_ratios(cfg, reference)
     m0 = evaluate(cfg, model, reference)

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import stages
-from ..config import Config
+from ..config import Config, method_config
 from ..runs import cached
 from ..utils import log
 from .executor import execute
@@ -46,7 +46,7 @@ def run_job(cfg: Config, job: dict) -> dict:
     """One unlearning run; recomputes nothing that is cached (theta_r, theta_o, masks)."""
     theta_r = _theta_r(cfg)
     prep = prepare_seed(cfg, theta_r, job["seed"])
-    ucfg = dataclasses.replace(cfg.unlearn, method=job["method"])
+    ucfg = method_config(cfg.unlearn, job["method"])
     run = stages.unlearn(cfg, prep["theta_o"], prep["masks"][job["region"]], theta_r, ucfg)
     met = run.metrics()
     return {**job, "aues": met["aues"], "mu95": met["mu95"], "mu95_not_reached": met["mu95_not_reached"],

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import stages
-from ..config import Config
+from ..config import Config, method_config
 from ..runs import cached
 from ..utils import progress
 from .executor import execute
@@ -37,7 +37,7 @@ def _mask(cfg: Config, model: stages.ModelRef, localizer: str) -> Path:
 def run_job(cfg: Config, job: dict) -> dict:
     full, ret = _models(cfg)
     mask = _mask(cfg, full, job["localizer"])
-    run = stages.unlearn(cfg, full, mask, ret, dataclasses.replace(cfg.unlearn, method=job["method"]))
+    run = stages.unlearn(cfg, full, mask, ret, method_config(cfg.unlearn, job["method"]))
     met = run.metrics()
     return {**job, "aues": met["aues"], "mu95": met["mu95"], "mu95_not_reached": met["mu95_not_reached"],
             "trajectory": met["trajectory"], "run_dir": str(run.path)}
