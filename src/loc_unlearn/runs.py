@@ -19,7 +19,7 @@ from typing import Any, Callable
 import yaml
 
 from .errors import CheckpointError
-from .utils import log, sha256_file, sha256_json, write_json_atomic, write_text_atomic
+from .utils import fault_point, log, sha256_file, sha256_json, write_json_atomic, write_text_atomic
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
@@ -66,6 +66,7 @@ class Run:
     def finish(self, metrics: dict) -> None:
         write_json_atomic(self.path / "metrics.json", metrics)
         write_text_atomic(self.path / "config.yaml", yaml.safe_dump(self.key, sort_keys=False))
+        fault_point("before_manifest")
         files = {}
         for f in sorted(self.path.rglob("*")):
             if f.is_file() and f.name not in (MANIFEST, LOCK) and not f.name.startswith(".tmp-"):

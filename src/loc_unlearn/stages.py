@@ -16,7 +16,7 @@ from pathlib import Path
 from .config import Config, TrainConfig, dump_yaml, method_config
 from .errors import DataError, UserError
 from .runs import Run, cached
-from .utils import log, sha256_file, sha256_json, write_json_atomic
+from .utils import fault_point, log, sha256_file, sha256_json, write_json_atomic
 
 # ----------------------------------------------------------------------------- config checks
 
@@ -76,7 +76,9 @@ def _synthetic_world(runs_dir: str, items: tuple) -> Run:
         write_world(p, **d)
         return {"files": sorted(f.name for f in p.iterdir() if f.is_file())}
 
-    return cached(runs_dir, "data", {"data": d}, build)
+    from .data.synthetic import GENERATOR_VERSION
+
+    return cached(runs_dir, "data", {"data": d, "generator_version": GENERATOR_VERSION}, build)
 
 
 def data_source(cfg: Config) -> tuple[str, str]:
@@ -377,6 +379,7 @@ def unlearn(cfg: Config, model: ModelRef, mask_path: str | Path | None, referenc
             base, _ = model.load(cfg)
             mk = load_checkpoint(base, ck)
             met = evaluate_model(mk, tok, sets, cfg.eval, reference_truth_ratios=ref_tr)
+            fault_point("evaluate_checkpoint")
             write_json_atomic(Path(ck) / "metrics.json", met)
             points.append(_point(_step_of(ck), met))
         summ = summarize_trajectory(points, envelope=cfg.eval.envelope, left_anchor=cfg.eval.left_anchor,

@@ -95,5 +95,25 @@ def log(msg: str) -> None:
         print(f"[loc-unlearn] {msg}", flush=True)
 
 
+_FAULTS: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Fault injection for the reliability tests: with LOC_UNLEARN_FAULT=name:n in the environment, the
+    n-th time this point is reached the process kills itself with SIGKILL (no cleanup, like a power cut
+    or the OOM killer). Several points: LOC_UNLEARN_FAULT=a:2,b:1. A no-op otherwise."""
+    spec = os.environ.get("LOC_UNLEARN_FAULT")
+    if not spec:
+        return
+    for item in spec.split(","):
+        want, _, n = item.partition(":")
+        if want == name:
+            _FAULTS[name] = _FAULTS.get(name, 0) + 1
+            if _FAULTS[name] == int(n or 1):
+                import signal
+
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -15,6 +15,9 @@ from pathlib import Path
 
 from ..utils import write_text_atomic
 
+# Bump when the generated text changes: cached worlds are keyed by it (runs.py content addressing).
+GENERATOR_VERSION = 2
+
 WORLD_SEED = 20250521
 FORGET_PCTS = {"01": 0.01, "05": 0.05, "10": 0.10}
 
