@@ -184,7 +184,7 @@ def test_bf16_autocast_matches_gradient_masked_reference():
         w, wr = model.model.layers[l].mlp.down_proj.weight, ref.model.layers[l].mlp.down_proj.weight
         upd, upd_ref = (w - w0)[:, mask[l]], (wr - w0)[:, mask[l]]
         # Adam updates are ~lr per entry; bf16 noise may flip a few tiny gradients, not the bulk.
-        assert (upd - upd_ref).abs().mean() < 0.05 * upd_ref.abs().mean()
+        assert (upd - upd_ref).abs().mean() < 0.01 * upd_ref.abs().mean()  # measured ~0.3%
 
 
 def test_gpt2_conv1d_masked_training():
