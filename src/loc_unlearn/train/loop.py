@@ -31,7 +31,7 @@ from ..config import TrainConfig
 from ..data.formatting import collate, encode_qa
 from ..errors import CheckpointError, TrainingDiverged, UserError
 from ..models.value_vectors import fingerprint, shape, value_matrix
-from ..utils import log, progress, save_safetensors_atomic, sha256_file, sha256_json, write_json_atomic
+from ..utils import fault_point, log, progress, save_safetensors_atomic, sha256_file, sha256_json, write_json_atomic
 from .masked import MaskedDelta
 from .objectives import NEEDS_REF_LOGP, OBJECTIVES, Context, resolve_hparams, rmu_target, sequence_logps
 
@@ -119,6 +119,7 @@ def _save_checkpoint(out_dir: Path, step: int, md: MaskedDelta, opt, state: dict
                                 tmp / "model.safetensors", metadata=meta)
     tensors, groups = _opt_tensors(opt)
     save_safetensors_atomic(tensors, tmp / "optimizer.safetensors")
+    fault_point("checkpoint_save")  # reliability tests: a kill here leaves only a .tmp-ckpt folder
     write_json_atomic(tmp / "trainer_state.json", {**state, "param_groups": groups})
     write_json_atomic(tmp / "manifest.json", {p.name: sha256_file(p) for p in sorted(tmp.iterdir())})
     if final.exists():  # the same step written by an earlier attempt: replace it whole
@@ -354,6 +355,7 @@ def train(model, tokenizer, forget_rows, retain_rows, objective: str, train_cfg:
                                    "or change the objective's hyperparameters.")
         md.apply_weight_decay(lr, cfg.weight_decay)
         opt.step()
+        fault_point("train_step")
         opt.zero_grad(set_to_none=True)
         history.append(rec)
         bar.update(1)
