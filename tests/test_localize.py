@@ -4,8 +4,7 @@ import random as pyrandom
 import pytest
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from loc_unlearn.config import LocalizeConfig
 from loc_unlearn.data.formatting import collate, encode_rows
@@ -14,6 +13,7 @@ from loc_unlearn.masks import Mask
 from loc_unlearn.masks.localize import LOCALIZERS, localize, score, select_topk
 from loc_unlearn.masks.localize.memflex import corrupt, memflex_from_grads
 from loc_unlearn.models.value_vectors import value_matrix
+from helpers import word_tokenizer
 
 # ----------------------------------------------------------------------------- tiny world, tokenizer, model
 
@@ -33,14 +33,6 @@ def world(n, seed):
     return rows
 
 
-def make_tok(rows):
-    text = " ".join(f"Question: {r['question']}\nAnswer: {r['answer']}" for r in rows)
-    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2}
-    for w in text.split():
-        vocab.setdefault(w, len(vocab))
-    t = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<eos>", bos_token="<bos>", pad_token="<pad>")
 
 
 def make_model(vocab, L=2, H=32, d_ff=64, seed=0):
@@ -50,20 +42,11 @@ def make_model(vocab, L=2, H=32, d_ff=64, seed=0):
                                         pad_token_id=0, eos_token_id=1, bos_token_id=2)).eval()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The 2 shared cores are oversubscribed while others test: 2 spinning torch threads ran these
-    # tiny models ~20x slower than 1 thread (measured). Results do not depend on the thread count here.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def small():
     retain, forget = world(12, 1), world(4, 2)
-    tok = make_tok(retain + forget)
+    tok = word_tokenizer(retain + forget)
     return make_model(len(tok)), tok, forget, retain
 
 
@@ -308,7 +291,7 @@ def _train(model, tok, rows, steps, lr, params, colmask=None, seed=0):
 def test_methods_recover_injected_value_vectors(capsys):
     """Write new facts into a CHOSEN 10% of value vectors only, then ask each method to find them."""
     retain, forget = world(40, 1), world(10, 2)
-    tok = make_tok(retain + forget)
+    tok = word_tokenizer(retain + forget)
     L, d_ff, ratio = 4, 256, 0.1
     model = make_model(len(tok), L=L, H=64, d_ff=d_ff)
     torch.manual_seed(0)

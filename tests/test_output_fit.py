@@ -7,13 +7,13 @@ import random as pyrandom
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from loc_unlearn.errors import MaskError
 from loc_unlearn.models.value_vectors import capture_down_inputs, value_matrix
 from loc_unlearn.data.formatting import collate, encode_rows
 from loc_unlearn.studies.output_fit import RIDGE, fit_region, output_fit
+from helpers import word_tokenizer
 
 
 def weights(d=16, d_ff=48, tgt=range(6), seed=0):
@@ -110,20 +110,12 @@ def world(n, seed):
              "answer": f"{names[i % 6]} was born in {r.choice(cities)} in spring ."} for i in range(n)]
 
 
-def make_tok(rows):
-    text = " ".join(f"Question: {r['question']}\nAnswer: {r['answer']}" for r in rows)
-    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2}
-    for w in text.split():
-        vocab.setdefault(w, len(vocab))
-    t = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<eos>", bos_token="<bos>", pad_token="<pad>")
 
 
 @pytest.fixture(scope="module")
 def tiny():
     rows = world(8, 0)
-    tok = make_tok(rows)
+    tok = word_tokenizer(rows)
     torch.manual_seed(0)
     theta_r = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
                                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,

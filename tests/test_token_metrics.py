@@ -70,14 +70,6 @@ def memorized_model(n_train=24, steps=120):
     return model, tok, rows
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny ops gain nothing from threads; on the shared 2-core machine 2 threads ran ~15x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def mem():

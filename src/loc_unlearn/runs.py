@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import yaml
 
+from . import __version__
 from .errors import CheckpointError
 from .utils import fault_point, log, sha256_file, sha256_json, write_json_atomic, write_text_atomic
 
@@ -77,7 +78,8 @@ class Run:
 
 
 def get_run(runs_dir: str | Path, stage: str, key: dict[str, Any]) -> Run:
-    h = sha256_json(key)[:16]
+    # The package version is part of every key: a release that changes results never reuses old runs.
+    h = sha256_json({"key": key, "version": __version__})[:16]
     path = Path(runs_dir) / stage / h
     path.mkdir(parents=True, exist_ok=True)
     return Run(path=path, stage=stage, key=key)

@@ -3,6 +3,7 @@ excluded from metrics, attention mask from lengths, never from pad_token_id)."""
 from __future__ import annotations
 
 import random
+import weakref
 
 import torch
 
@@ -28,6 +29,21 @@ def _ids(tokenizer, text: str, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
+# Evaluation encodes each question once per answer variant (answer, paraphrase, 5 perturbed): rendering a
+# chat template is slow, so prompt ids are cached per tokenizer (keyed by the template too).
+_PROMPTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _prompt_ids(tokenizer, question: str, chat: bool) -> list[int]:
+    cache = _PROMPTS.setdefault(tokenizer, {})
+    key = (question, getattr(tokenizer, "chat_template", None) if chat else None)
+    if key not in cache:
+        if len(cache) > 100_000:
+            cache.clear()
+        cache[key] = _ids(tokenizer, prompt_text(tokenizer, question), special=not chat)
+    return list(cache[key])
+
+
 def encode_qa(tokenizer, question: str, answer: str, max_length: int | None = None) -> dict:
     """Prompt ids + answer ids + eos id, with labels -100 on the prompt (contracts.md, SPEC preamble).
 
@@ -44,7 +60,7 @@ def encode_qa(tokenizer, question: str, answer: str, max_length: int | None = No
     if not answer.strip():
         raise DataError(f"answer to question {question!r} is empty")
     chat = has_chat_template(tokenizer)
-    p = _ids(tokenizer, prompt_text(tokenizer, question), special=not chat)
+    p = _prompt_ids(tokenizer, question, chat)
     a = _ids(tokenizer, answer if chat else " " + answer, special=False)
     if not a:
         raise DataError(f"answer to question {question!r} is empty after tokenization")

@@ -96,7 +96,8 @@ def run_study(cfg: Config) -> Path:
     from ..utils import write_json_atomic
 
     t0 = time.time()
-    key = {"study": "controlled", "config": asdict(cfg) | {"runs_dir": "", "out": "", "input_model": ""}}
+    key = {"study": "controlled", "config": asdict(cfg) | {"runs_dir": "", "out": "", "input_model": ""},
+           "data": stages.data_source(cfg)[1]}
 
     def build(p: Path) -> dict:
         theta_r = _theta_r(cfg)

@@ -49,7 +49,8 @@ def run_study(cfg: Config) -> Path:
     from ..utils import write_json_atomic
 
     t0 = time.time()
-    key = {"study": "localization", "config": asdict(cfg) | {"runs_dir": "", "out": "", "input_model": ""}}
+    key = {"study": "localization", "config": asdict(cfg) | {"runs_dir": "", "out": "", "input_model": ""},
+           "data": stages.data_source(cfg)[1]}
 
     def build(p: Path) -> dict:
         full, _ = _models(cfg)
