@@ -10,7 +10,7 @@ from loc_unlearn.config import EvalConfig
 from loc_unlearn.errors import UserError
 from loc_unlearn.evaluate.tofu import evaluate_model, format_table, forget_quality, model_utility
 
-from test_token_metrics import direct_metrics, memorized_model, one_thread  # noqa: F401 (autouse fixture)
+from test_token_metrics import direct_metrics, memorized_model
 
 
 @pytest.fixture(scope="module")
