@@ -76,8 +76,10 @@ def es_by_generation(model, tok, rows, batch_size):  # batch_size=1: one example
             for b, p in enumerate(pre):
                 ids[b, T - len(p):] = torch.tensor(p)
                 attn[b, T - len(p):] = 1
+            # No min_new_tokens: it would mask eos, and greedy decoding that stops early (emits eos
+            # where y_{k+1} should come) does NOT reproduce the suffix (SPEC §2).
             out = model.generate(input_ids=ids.to(dev), attention_mask=attn.to(dev), do_sample=False,
-                                 max_new_tokens=n_new, min_new_tokens=n_new, pad_token_id=tok.pad_token_id,
+                                 max_new_tokens=n_new, pad_token_id=tok.pad_token_id,
                                  temperature=None, top_p=None, top_k=None)
             for b, i in enumerate(act):
                 ok = out[b, T: T + len(want[b])].tolist() == want[b]
