@@ -74,9 +74,16 @@ class Context:
 
 def token_logps(model, b: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(token t | tokens < t) at trained label positions: `([B, T-1] float32, [B, T-1] bool)`."""
-    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
     labels = b["labels"][:, 1:]
     valid = labels != -100
+    # Logits only from the first trained position of the batch on: the vocabulary head over prompt tokens
+    # (a whole chat template) is most of a forward for small models with large vocabularies, and unused.
+    # Positions before `first` have no trained label, so dropping them changes no loss value.
+    T1 = labels.shape[1]
+    first = int(valid.any(0).float().argmax()) if bool(valid.any()) else T1 - 1
+    keep = T1 - first + 1  # logits at positions first..T-1 (the last one is dropped below)
+    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], logits_to_keep=keep).logits[:, :-1]
+    labels, valid = labels[:, first:], valid[:, first:]
     # cross_entropy = -log_softmax gathered, computed in float32 without materializing all log-probs twice.
     lp = -F.cross_entropy(logits.float().flatten(0, 1), labels.clamp_min(0).flatten(), reduction="none")
     return lp.view(labels.shape) * valid, valid
