@@ -173,7 +173,6 @@ def test_bf16_autocast_masked_training_runs(tok, tmp_path):
     assert w1[k].dtype == torch.float32 and all(torch.isfinite(torch.tensor(r["loss"])) for r in res.log)
 
 
-@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     """accelerate launch --multi_gpu --num_processes 2 with gloo on CPU (ENVIRONMENT.md) vs 1 process."""
     worker = Path(__file__).parent / "train_worker.py"
