@@ -20,7 +20,8 @@ import yaml
 
 from . import __version__
 from .errors import CheckpointError
-from .utils import fault_point, log, sha256_file, sha256_json, write_json_atomic, write_text_atomic
+from .utils import (fault_point, is_main_process, log, sha256_file, sha256_json, world_size, write_json_atomic,
+                    write_text_atomic)
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
@@ -47,8 +48,9 @@ class Run:
 
     @property
     def fingerprint(self) -> str:
-        """Hash of the manifest: changes whenever any file of the run changes."""
-        return sha256_file(self.manifest_path)
+        """Hash of the files' hashes: changes whenever any file of the run changes, and only then (a run
+        rebuilt to the same bytes keeps every downstream run valid)."""
+        return sha256_json(self.manifest()["files"])
 
     def metrics(self) -> dict:
         return json.loads((self.path / "metrics.json").read_text())
@@ -77,6 +79,14 @@ class Run:
                                                "files": files})
 
 
+def _wait_for(path: Path, timeout_s: float = 24 * 3600) -> None:
+    t0 = time.time()
+    while not path.is_file():
+        if time.time() - t0 > timeout_s:
+            raise CheckpointError(f"waited {timeout_s:.0f} s for the main process to write {path}")
+        time.sleep(0.5)
+
+
 def get_run(runs_dir: str | Path, stage: str, key: dict[str, Any]) -> Run:
     # The package version is part of every key: a release that changes results never reuses old runs.
     h = sha256_json({"key": key, "version": __version__})[:16]
@@ -86,13 +96,23 @@ def get_run(runs_dir: str | Path, stage: str, key: dict[str, Any]) -> Run:
 
 
 def cached(runs_dir: str | Path, stage: str, key: dict[str, Any], build: Callable[[Path], dict],
-           verify: bool = True) -> Run:
+           verify: bool = True, collective: bool = False) -> Run:
     """Return the complete run for (stage, key), building it with `build(path) -> metrics` if needed.
 
     `build` must itself be resumable (e.g. the training loop resumes from its last checkpoint), since an
     interrupted build is called again on the same directory.
+
+    Under `accelerate launch` / torchrun (WORLD_SIZE > 1) a `collective` stage (one that trains) is built
+    by every process together, and its files are written by the main process only; any other stage is
+    built by the main process alone. Either way the other processes wait for the main one's manifest.
     """
     run = get_run(runs_dir, stage, key)
+    if world_size() > 1 and not run.is_complete():
+        if collective or is_main_process():
+            metrics = build(run.path) or {}
+            if is_main_process():
+                run.finish(metrics)
+        _wait_for(run.manifest_path)
     if not run.is_complete():
         # An exclusive lock, so two processes (cluster jobs, two terminals) never build one run at once;
         # the second waits and then finds it complete.

@@ -16,7 +16,7 @@ from pathlib import Path
 from .config import Config, TrainConfig, dump_yaml, method_config
 from .errors import DataError, UserError
 from .runs import Run, cached
-from .utils import fault_point, log, sha256_file, sha256_json, write_json_atomic
+from .utils import fault_point, is_main_process, log, sha256_file, sha256_json, write_json_atomic
 
 # ----------------------------------------------------------------------------- config checks
 
@@ -181,17 +181,24 @@ def tiny_base(cfg: Config) -> Run:
     t = cfg.model.tiny
 
     def build(p: Path) -> dict:
-        init = build_tiny(world.path, t, p / "init")
+        init = p / "init"
+        if is_main_process():
+            build_tiny(world.path, t, init)
+        else:  # under several processes the main one builds the (seeded, identical) start model
+            from .runs import _wait_for
+
+            _wait_for(init / "config.json")
         model, tok = load_model(str(init))
         rows = load_split(str(world.path), "pretrain")
         tc = TrainConfig(lr=t.pretrain_lr, epochs=t.pretrain_epochs, batch_size=32, weight_decay=0.01,
                          warmup_epochs=1.0, checkpoint_every=0, max_length=min(128, t.max_positions), seed=t.seed)
         train(model, tok, rows, [], "learn", tc, p / "train")
-        save_model(model, tok, p / "model")
+        if is_main_process():
+            save_model(model, tok, p / "model")
         return {"pretrain_rows": len(rows), **exact_match_rate(model, tok, rows, cfg)}
 
     return cached(cfg.runs_dir, "base", {"model": {"preset": "tiny", "tiny": asdict(t)}, "world": world.fingerprint},
-                  build)
+                  build, collective=True)
 
 
 def exact_match_rate(model, tok, rows, cfg: Config) -> dict:
@@ -217,7 +224,8 @@ def finetune(cfg: Config, base: ModelRef | None = None) -> ModelRef:
         rows = load_rows(cfg, split)
         replay = load_rows(cfg, cfg.finetune.replay_split) if cfg.finetune.replay_split else []
         res = train(model, tok, rows + replay, [], "learn", cfg.finetune.train, p / "train")
-        save_model(model, tok, p / "model")
+        if is_main_process():
+            save_model(model, tok, p / "model")
         out = {"split": split, "rows": len(rows), "replay_rows": len(replay),
                "train_log": res.log[-1:] if res.log else [], **exact_match_rate(model, tok, rows, cfg)}
         if replay:
@@ -225,7 +233,7 @@ def finetune(cfg: Config, base: ModelRef | None = None) -> ModelRef:
         return out
 
     key = {"finetune": asdict(cfg.finetune), "base": base.fingerprint, "data": data_fp}
-    return _ref_from_run(cached(cfg.runs_dir, "finetune", key, build))
+    return _ref_from_run(cached(cfg.runs_dir, "finetune", key, build, collective=True))
 
 
 # ----------------------------------------------------------------------------- masks
@@ -278,7 +286,7 @@ def full_injection_es(cfg: Config, theta_r: ModelRef) -> float:
         return exact_match_rate(model, tok, forget, cfg)
 
     key = {"inject": asdict(cfg.inject) | {"seed": None, "mask": ""}, "theta_r": theta_r.fingerprint, "data": data_fp}
-    return cached(cfg.runs_dir, "inject_full", key, build).metrics()["mean_es"]
+    return cached(cfg.runs_dir, "inject_full", key, build, collective=True).metrics()["mean_es"]
 
 
 def inject(cfg: Config, theta_r: ModelRef, seed: int | None = None) -> ModelRef:
@@ -295,19 +303,21 @@ def inject(cfg: Config, theta_r: ModelRef, seed: int | None = None) -> ModelRef:
     def build(p: Path) -> dict:
         model, tok = theta_r.load(cfg)
         mask = Mask.load(mask_path, expect_shape=_shape(model))
-        mask.save(p / "mask.safetensors")
+        if is_main_process():
+            mask.save(p / "mask.safetensors")
         forget = load_rows(cfg, cfg.data.forget_split)
         retain = load_rows(cfg, retain_split(cfg))
         train(model, tok, forget, retain, "learn_reg", cfg.inject.train, p / "train", mask=mask.mask,
               hparams={"alpha": cfg.inject.lam})
-        save_model(model, tok, p / "model")
+        if is_main_process():
+            save_model(model, tok, p / "model")
         em = exact_match_rate(model, tok, forget, cfg)
         return {"seed": seed, "forget_es": em["mean_es"], "exact_greedy": em["exact_greedy"],
                 "target_es": target, "reached": em["mean_es"] >= target}
 
     key = {"inject": asdict(cfg.inject) | {"seed": seed}, "mask": sha256_file(mask_path),
            "theta_r": theta_r.fingerprint, "data": data_fp}
-    run = cached(cfg.runs_dir, "inject", key, build)
+    run = cached(cfg.runs_dir, "inject", key, build, collective=True)
     return _ref_from_run(run)
 
 
@@ -380,7 +390,8 @@ def unlearn(cfg: Config, model: ModelRef, mask_path: str | Path | None, referenc
             mk = load_checkpoint(base, ck)
             met = evaluate_model(mk, tok, sets, cfg.eval, reference_truth_ratios=ref_tr)
             fault_point("evaluate_checkpoint")
-            write_json_atomic(Path(ck) / "metrics.json", met)
+            if is_main_process():
+                write_json_atomic(Path(ck) / "metrics.json", met)
             points.append(_point(_step_of(ck), met))
         summ = summarize_trajectory(points, envelope=cfg.eval.envelope, left_anchor=cfg.eval.left_anchor,
                                     mode=cfg.eval.mu95)
@@ -391,7 +402,7 @@ def unlearn(cfg: Config, model: ModelRef, mask_path: str | Path | None, referenc
                                                               ("envelope", "left_anchor", "mu95")},
            "model": model.fingerprint, "mask": sha256_file(mask_path) if mask_path else "",
            "reference": reference.fingerprint, "data": data_fp}
-    return cached(cfg.runs_dir, "unlearn", key, build)
+    return cached(cfg.runs_dir, "unlearn", key, build, collective=True)
 
 
 def _step_of(ck) -> int:

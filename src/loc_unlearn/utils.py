@@ -95,6 +95,15 @@ def log(msg: str) -> None:
         print(f"[loc-unlearn] {msg}", flush=True)
 
 
+def world_size() -> int:
+    """Processes of this job (accelerate launch / torchrun set WORLD_SIZE and RANK)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 _FAULTS: dict[str, int] = {}
 
 

@@ -343,7 +343,7 @@ def train(model, tokenizer, forget_rows, retain_rows, objective: str, train_cfg:
                 if q.grad is not None:
                     torch.distributed.all_reduce(q.grad)
         stats = (stats / b).tolist()
-        rec = {"step": step + 1, "epoch": (step + 1) / spe, "lr": lr, **dict(zip(names, stats))}
+        rec = {"step": step + 1, "epoch": (step + 1) / spe, "lr": lr, "processes": P, **dict(zip(names, stats))}
         gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         rec["grad_norm"] = float(gn)
         if not math.isfinite(rec["loss"]) or not math.isfinite(rec["grad_norm"]):
