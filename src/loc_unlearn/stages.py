@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from .config import Config, TrainConfig, dump_yaml, method_config
+from .config import Config, TrainConfig, method_config
 from .errors import DataError, UserError
 from .runs import Run, cached
 from .utils import fault_point, is_main_process, log, sha256_file, sha256_json, write_json_atomic
@@ -508,6 +508,3 @@ def _model_arg(cfg: Config) -> ModelRef | None:
                         f"or a hub id like owner/name)")
     return ModelRef(str(p), f"model:{cfg.input_model}")
 
-
-def config_yaml(cfg: Config) -> str:
-    return dump_yaml(cfg)
