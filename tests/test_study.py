@@ -113,3 +113,25 @@ def test_rerun_reuses_everything(study, monkeypatch):
     monkeypatch.setattr(loop, "train", boom)
     assert controlled.run_study(cfg) == d
     assert (d / "results.json").read_bytes() == before
+
+
+def test_curve_mix_ends_at_the_final_checkpoint(study):
+    """SPEC §4 option curve=mix: 11 points theta(a), a = 0..1; a = 1 is the trained model, so its metrics
+    equal the last checkpoint's in the default trajectory of the same run."""
+    import dataclasses
+
+    from loc_unlearn import stages
+    from loc_unlearn.config import method_config
+    from loc_unlearn.studies.controlled import _theta_r, prepare_seed
+
+    cfg, _, res = study
+    theta_r = _theta_r(cfg)
+    prep = prepare_seed(cfg, theta_r, 0)
+    ucfg = method_config(cfg.unlearn, "npo")
+    mix_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, curve="mix"))
+    mix = stages.unlearn(mix_cfg, prep["theta_o"], prep["masks"]["oracle"], theta_r, ucfg).metrics()["trajectory"]
+    ref = next(r for r in res["runs"] if r["seed"] == 0 and r["method"] == "npo" and r["region"] == "oracle")
+    assert [p.get("mix") for p in mix] == [None] + [j / 10 for j in range(1, 11)]
+    assert mix[0] == ref["trajectory"][0]
+    for k in ("FS", "RS", "MU", "log10_FQ"):
+        assert mix[-1][k] == pytest.approx(ref["trajectory"][-1][k], abs=1e-6)

@@ -385,21 +385,36 @@ def unlearn(cfg: Config, model: ModelRef, mask_path: str | Path | None, referenc
                     idk=load_idk(cfg))
         sets = eval_sets(cfg)
         points = [_point(0, m0)]
-        for ck in res.checkpoints:
-            base, _ = model.load(cfg)
-            mk = load_checkpoint(base, ck)
-            met = evaluate_model(mk, tok, sets, cfg.eval, reference_truth_ratios=ref_tr)
-            fault_point("evaluate_checkpoint")
-            if is_main_process():
-                write_json_atomic(Path(ck) / "metrics.json", met)
-            points.append(_point(_step_of(ck), met))
+        if cfg.eval.curve == "mix":
+            # SPEC §4 option: theta(a) = (1 - a) theta_0 + a theta_K, a = 0.1 .. 1 (theta_0 is point 0).
+            from .evaluate.tradeoff import mix_state_dicts
+
+            sd0 = {k: v.clone() for k, v in model.load(cfg)[0].state_dict().items()}
+            sdk = m.state_dict()  # train() left theta_K (merged) in `m`
+            for j in range(1, 11):
+                mk, _ = model.load(cfg)
+                mk.load_state_dict(mix_state_dicts(sd0, sdk, j / 10))
+                met = evaluate_model(mk, tok, sets, cfg.eval, reference_truth_ratios=ref_tr)
+                points.append(_point(j, met) | {"mix": j / 10})
+        else:
+            for ck in res.checkpoints:
+                done = Path(ck) / "metrics.json"
+                if done.is_file():  # evaluated before an interruption: written atomically, reuse it
+                    met = json.loads(done.read_text())
+                else:
+                    base, _ = model.load(cfg)
+                    met = evaluate_model(load_checkpoint(base, ck), tok, sets, cfg.eval, reference_truth_ratios=ref_tr)
+                    fault_point("evaluate_checkpoint")
+                    if is_main_process():
+                        write_json_atomic(done, met)
+                points.append(_point(_step_of(ck), met))
         summ = summarize_trajectory(points, envelope=cfg.eval.envelope, left_anchor=cfg.eval.left_anchor,
                                     mode=cfg.eval.mu95)
         return {"method": ucfg.method, "mask": str(mask_path or ""), "trajectory": points,
                 "aues": summ["aues"], "mu95": summ["mu95"], "mu95_not_reached": summ["mu95_not_reached"]}
 
     key = {"unlearn": asdict(ucfg), "eval": _eval_key(cfg) | {k: getattr(cfg.eval, k) for k in
-                                                              ("envelope", "left_anchor", "mu95")},
+                                                              ("curve", "envelope", "left_anchor", "mu95")},
            "model": model.fingerprint, "mask": sha256_file(mask_path) if mask_path else "",
            "reference": reference.fingerprint, "data": data_fp}
     return cached(cfg.runs_dir, "unlearn", key, build, collective=True)
