@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from loc_unlearn.config import build_config
 from test_study import MINI
@@ -13,11 +14,14 @@ def test_localization_benchmark_mini(tmp_path):
     from loc_unlearn.studies.localization_benchmark import enumerate_jobs, run_study
 
     cfg = build_config(overrides=[f"runs_dir={tmp_path}", *MINI, "study.localizers=random,activation,wagle",
-                                  "study.methods=npo"])
-    assert enumerate_jobs(cfg) == [{"localizer": l, "method": "npo"} for l in ("random", "activation", "wagle")]
+                                  "study.methods=npo", "study.layer_matched=true"])
+    names = ["random", "activation", "wagle", "random~activation", "random~wagle"]
+    assert enumerate_jobs(cfg) == [{"localizer": l, "method": "npo"} for l in names]
     d = run_study(cfg)
     res = json.loads((d / "results.json").read_text())
-    assert [r["localizer"] for r in res["runs"]] == ["random", "activation", "wagle"]
+    assert [r["localizer"] for r in res["runs"]] == names
+    counts = {m["localizer"]: m["per_layer_counts"] for m in res["masks"]}
+    assert counts["random~wagle"] == counts["wagle"] and counts["random~activation"] == counts["activation"]
     for r in res["runs"]:
         t = r["trajectory"]
         assert r["aues"] == pytest.approx(aues([p["FS"] for p in t], [p["RS"] for p in t]), abs=1e-12)
@@ -26,9 +30,13 @@ def test_localization_benchmark_mini(tmp_path):
     sizes = {m["localizer"]: sum(m["per_layer_counts"]) for m in res["masks"]}
     assert len(set(sizes.values())) == 1 and sizes["random"] == round(0.1 * 2 * 64)
     assert (d / "report.html").is_file() and (d / "report.md").is_file()
-    # the masks the runs used are real, distinct selections
-    masks = [Mask.load(p) for p in sorted((tmp_path / "localize").glob("*/mask.safetensors"))]
-    assert len({m.mask.numpy().tobytes() for m in masks}) == len(masks) >= 3
+    # the masks the runs used: a layer-matched control has its source's per-layer counts but other vectors
+    used = {r["localizer"]: Mask.load(json.loads(open(f"{r['run_dir']}/metrics.json").read())["mask"])
+            for r in res["runs"]}
+    for src in ("activation", "wagle"):
+        ctl = used["random~" + src]
+        assert ctl.per_layer_counts() == used[src].per_layer_counts() and not torch.equal(ctl.mask, used[src].mask)
+    assert not torch.equal(used["random"].mask, used["activation"].mask)
 
 
 def test_submitit_debug_executor_matches_local(tmp_path):

@@ -324,3 +324,20 @@ def test_methods_recover_injected_value_vectors(capsys):
     # were trained, so a random target region leaves no first-order trace in them (measured ~chance).
     for m in ("gradient", "wagle", "memflex"):
         assert 0.0 <= prec[m] <= 1.0
+
+
+def test_random_layer_matched_copies_per_layer_counts(tmp_path):
+    model = make_model(vocab=20, L=3, d_ff=64)
+    src = torch.zeros(3, 64, dtype=torch.bool)
+    src[0, :15] = True
+    src[2, 10:13] = True
+    path = tmp_path / "src.safetensors"
+    Mask(src, {"method": "activation"}).save(path)
+    cfg = LocalizeConfig(method="random_layer_matched", source_mask=str(path), seed=3)
+    a = localize(cfg, model, None, [], [])
+    b = localize(cfg, model, None, [], [])
+    c = localize(dataclasses.replace(cfg, seed=4), model, None, [], [])
+    assert a.per_layer_counts() == [15, 0, 3] and torch.equal(a.mask, b.mask) and not torch.equal(a.mask, c.mask)
+    assert not torch.equal(a.mask, src) and a.meta["source_mask"] == str(path) and a.meta["scope"] == "per_layer"
+    with pytest.raises(ConfigError, match="localize.source_mask"):
+        localize(dataclasses.replace(cfg, source_mask=""), model, None, [], [])

@@ -236,6 +236,9 @@ class StudyConfig:
     """SLURM time limit per job (minutes)."""
     output_fit: bool = True
     """Also run the per-layer output-reproduction analysis (SPEC §9)."""
+    layer_matched: bool = False
+    """Localization benchmark: also run, for each attribution method, a random mask with the same
+    per-layer counts (`random~METHOD`), separating "which layers" from "which value vectors"."""
 
 
 @dataclass

@@ -25,12 +25,26 @@ def _models(cfg: Config) -> tuple[stages.ModelRef, stages.ModelRef]:
     return full, ret
 
 
+MATCHED = "random~"  # `random~wagle`: random value vectors with WAGLE's per-layer counts
+
+
+def localizers(cfg: Config) -> list[str]:
+    names = list(cfg.study.localizers)
+    if cfg.study.layer_matched:
+        names += [MATCHED + loc for loc in cfg.study.localizers if not loc.startswith("random")]
+    return names
+
+
 def enumerate_jobs(cfg: Config) -> list[dict]:
-    return [{"localizer": loc, "method": m} for loc in cfg.study.localizers for m in cfg.study.methods]
+    return [{"localizer": loc, "method": m} for loc in localizers(cfg) for m in cfg.study.methods]
 
 
 def _mask(cfg: Config, model: stages.ModelRef, localizer: str) -> Path:
-    lcfg = dataclasses.replace(cfg.localize, method=localizer, source_mask="")
+    if localizer.startswith(MATCHED):
+        src = _mask(cfg, model, localizer[len(MATCHED):])
+        lcfg = dataclasses.replace(cfg.localize, method="random_layer_matched", source_mask=str(src))
+    else:
+        lcfg = dataclasses.replace(cfg.localize, method=localizer, source_mask="")
     return stages.localize(cfg, model, lcfg)
 
 
@@ -54,7 +68,7 @@ def run_study(cfg: Config) -> Path:
 
     def build(p: Path) -> dict:
         full, _ = _models(cfg)
-        masks = {loc: _mask(cfg, full, loc) for loc in progress(cfg.study.localizers, desc="localize")}
+        masks = {loc: _mask(cfg, full, loc) for loc in progress(localizers(cfg), desc="localize")}
         runs = execute(cfg, run_job, enumerate_jobs(cfg), "unlearning runs")
         res = {"study": "localization", "preset": cfg.preset, "config": key["config"], "ratio": cfg.localize.ratio,
                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": runs,
@@ -74,11 +88,11 @@ def cmd_study(cfg: Config) -> None:
     d = run_study(cfg)
     res = json.loads((d / "results.json").read_text())
     methods = cfg.study.methods
-    print(f"\n{'localizer':12s} " + " ".join(f"{m + ' AUES':>10s} {m + ' MU95':>10s}" for m in methods))
-    for loc in cfg.study.localizers:
+    print(f"\n{'localizer':18s} " + " ".join(f"{m + ' AUES':>10s} {m + ' MU95':>10s}" for m in methods))
+    for loc in localizers(cfg):
         cells = []
         for m in methods:
             r = next(x for x in res["runs"] if x["localizer"] == loc and x["method"] == m)
             cells.append(f"{r['aues']:10.3f} {r['mu95']:10.2f}")
-        print(f"{loc:12s} " + " ".join(cells))
+        print(f"{loc:18s} " + " ".join(cells))
     print(f"\nreport: {d / 'report.html'}\n        {d / 'report.md'}\nresults: {d / 'results.json'}")

@@ -90,14 +90,21 @@ def localize(cfg: LocalizeConfig, model, tokenizer, forget_rows, retain_rows) ->
             raise MaskError(f"mask {cfg.source_mask}: some layer's complement is smaller than its count "
                             f"(counts {k}, free {free}); use localize.scope=global")
         ratio = src.ratio
+    elif cfg.method == "random_layer_matched":
+        if not cfg.source_mask:
+            raise ConfigError("config key 'localize.source_mask': random_layer_matched needs the path of the mask "
+                              "whose per-layer counts it copies")
+        src = Mask.load(cfg.source_mask, expect_shape=(L, d_ff))
+        k, ratio = src.per_layer_counts(), src.ratio
     else:
         _check_ratio(ratio)
     s = score(cfg.method, model, tokenizer, forget_rows, retain_rows, cfg)
     if tuple(s.shape) != (L, d_ff):
         raise RuntimeError(f"{cfg.method} returned scores {tuple(s.shape)}, expected {(L, d_ff)}")
-    sel = select_topk(s, ratio, cfg.scope, k=k)
-    meta = {"method": cfg.method, "ratio": float(ratio), "scope": cfg.scope, "seed": int(cfg.seed),
-            "source_mask": cfg.source_mask if cfg.method == "random_complement" else "",
+    scope = "per_layer" if cfg.method == "random_layer_matched" else cfg.scope
+    sel = select_topk(s, ratio, scope, k=k)
+    meta = {"method": cfg.method, "ratio": float(ratio), "scope": scope, "seed": int(cfg.seed),
+            "source_mask": cfg.source_mask if cfg.method.startswith("random_") else "",
             "fingerprint": fingerprint(model)}
     return Mask(sel, meta)
 

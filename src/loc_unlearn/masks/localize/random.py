@@ -1,5 +1,7 @@
 """Random baselines (SPEC §6): `random` = a uniform k-subset; `random_complement` = a uniform k-subset
-of the complement of `cfg.source_mask` (the paper's Random region next to an Oracle, SPEC §7).
+of the complement of `cfg.source_mask` (the paper's Random region next to an Oracle, SPEC §7);
+`random_layer_matched` (extra) = uniform within each layer with the per-layer counts of `cfg.source_mask`,
+the control that separates "which layers" from "which vectors" for an attribution method's mask.
 
 Both are i.i.d. uniform scores plus top-k: the top k of exchangeable scores is a uniform k-subset
 (per layer when scope=per_layer), and a seeded CPU generator makes it the same on every machine.
@@ -27,3 +29,8 @@ def random_complement_scores(cfg, model, tokenizer, forget_rows, retain_rows):
     src = Mask.load(cfg.source_mask, expect_shape=tuple(s.shape))
     s[src.mask] = float("-inf")  # never pick a source vector; localize() sizes the pick like the source
     return s
+
+
+@LOCALIZERS.register("random_layer_matched")
+def random_layer_matched_scores(cfg, model, tokenizer, forget_rows, retain_rows):
+    return _uniform(cfg, model)  # localize() picks the source mask's count in every layer
