@@ -122,10 +122,10 @@ def test_curve_mix_ends_at_the_final_checkpoint(study):
 
     from loc_unlearn import stages
     from loc_unlearn.config import method_config
-    from loc_unlearn.studies.controlled import _theta_r, prepare_seed
+    from loc_unlearn.studies.controlled import prepare_seed
 
     cfg, _, res = study
-    theta_r = _theta_r(cfg)
+    theta_r = stages.retain_model(cfg)
     prep = prepare_seed(cfg, theta_r, 0)
     ucfg = method_config(cfg.unlearn, "npo")
     mix_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, curve="mix"))

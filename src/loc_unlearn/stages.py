@@ -236,6 +236,16 @@ def finetune(cfg: Config, base: ModelRef | None = None) -> ModelRef:
     return _ref_from_run(cached(cfg.runs_dir, "finetune", key, build, collective=True))
 
 
+def finetune_on(cfg: Config, split: str) -> ModelRef:
+    """`finetune` with its split set: "full" (localization benchmark) or the retain split (theta_r)."""
+    return finetune(dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, split=split)))
+
+
+def retain_model(cfg: Config) -> ModelRef:
+    """theta_r: fine-tuned on the retain split matching the forget split (SPEC §7 step 1; FQ reference)."""
+    return finetune_on(cfg, retain_split(cfg))
+
+
 # ----------------------------------------------------------------------------- masks
 
 
@@ -463,7 +473,7 @@ def cmd_inject(cfg: Config) -> None:
 def cmd_localize(cfg: Config) -> None:
     from .masks.mask import Mask
 
-    model = _model_arg(cfg) or finetune(dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, split="full")))
+    model = _model_arg(cfg) or finetune_on(cfg, "full")
     path = localize(cfg, model)
     mask = Mask.load(path)
     out = path

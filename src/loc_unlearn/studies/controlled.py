@@ -22,12 +22,6 @@ from .executor import execute
 REGIONS = ("oracle", "random")
 
 
-def _theta_r(cfg: Config) -> stages.ModelRef:
-    # theta_r is fine-tuned on the retain split that matches the forget split (SPEC §7 step 1).
-    ft = dataclasses.replace(cfg.finetune, split=stages.retain_split(cfg))
-    return stages.finetune(dataclasses.replace(cfg, finetune=ft))
-
-
 def prepare_seed(cfg: Config, theta_r: stages.ModelRef, seed: int) -> dict:
     """theta_o and the two masks for one seed."""
     theta_o = stages.inject(cfg, theta_r, seed)
@@ -44,7 +38,7 @@ def enumerate_jobs(cfg: Config) -> list[dict]:
 
 def run_job(cfg: Config, job: dict) -> dict:
     """One unlearning run; recomputes nothing that is cached (theta_r, theta_o, masks)."""
-    theta_r = _theta_r(cfg)
+    theta_r = stages.retain_model(cfg)
     prep = prepare_seed(cfg, theta_r, job["seed"])
     ucfg = method_config(cfg.unlearn, job["method"])
     run = stages.unlearn(cfg, prep["theta_o"], prep["masks"][job["region"]], theta_r, ucfg)
@@ -100,7 +94,7 @@ def run_study(cfg: Config) -> Path:
            "data": stages.data_source(cfg)[1]}
 
     def build(p: Path) -> dict:
-        theta_r = _theta_r(cfg)
+        theta_r = stages.retain_model(cfg)
         # Two waves, so no two jobs ever build the same shared run: theta_o per seed, then unlearning.
         execute(cfg, prep_job, [{"seed": s} for s in range(cfg.study.seeds)], "inject (theta_o)")
         preps = [prepare_seed(cfg, theta_r, s) for s in range(cfg.study.seeds)]
@@ -130,7 +124,7 @@ def run_study(cfg: Config) -> Path:
 
 
 def prep_job(cfg: Config, job: dict) -> dict:
-    prepare_seed(cfg, _theta_r(cfg), job["seed"])
+    prepare_seed(cfg, stages.retain_model(cfg), job["seed"])
     return job
 
 

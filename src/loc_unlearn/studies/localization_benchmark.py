@@ -19,10 +19,8 @@ from .executor import execute
 
 
 def _models(cfg: Config) -> tuple[stages.ModelRef, stages.ModelRef]:
-    full = stages.finetune(dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, split="full")))
-    ret = stages.finetune(dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune,
-                                                                                split=stages.retain_split(cfg))))
-    return full, ret
+    """(model fine-tuned on the full set, theta_r = the FQ reference)."""
+    return stages.finetune_on(cfg, "full"), stages.retain_model(cfg)
 
 
 MATCHED = "random~"  # `random~wagle`: random value vectors with WAGLE's per-layer counts

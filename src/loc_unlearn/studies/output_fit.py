@@ -247,9 +247,10 @@ def run_output_fit(cfg, theta_r, prep: dict) -> dict:
 
 def cmd_study(cfg) -> None:
     """`loc-unlearn study output_fit`: theta_r -> theta_o (seed inject.seed) -> the per-layer fit."""
-    from .controlled import _theta_r, prepare_seed
+    from .. import stages
+    from .controlled import prepare_seed
 
-    theta_r = _theta_r(cfg)
+    theta_r = stages.retain_model(cfg)
     res = run_output_fit(cfg, theta_r, prepare_seed(cfg, theta_r, cfg.inject.seed))
     print(f"{'layer':>5} {'|R|':>6} {'tokens':>7} {'residual':>9}")
     for row in res["per_layer"]:
