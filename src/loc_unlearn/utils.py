@@ -6,6 +6,7 @@ import json
 import os
 import random
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +127,15 @@ def fault_point(name: str) -> None:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextmanager
+def eval_mode(model):
+    """Run a block with `model.eval()` and restore the caller's train/eval mode afterwards (metrics and
+    localization are called from inside training too, which must not be left in eval mode)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

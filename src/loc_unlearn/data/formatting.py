@@ -80,6 +80,12 @@ def encode_rows(tokenizer, rows: list[dict], max_length: int | None = None, answ
     return [encode_qa(tokenizer, r["question"], r[answer_key], max_length) for r in rows]
 
 
+def pad_id(tokenizer) -> int:
+    """The id used for right padding: pad, else eos. Padding never hides tokens (collate builds the
+    attention mask from lengths), so pad == eos is safe."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad encoded items. attention_mask comes from lengths: with pad_id == eos an eos inside a
     sequence must stay visible. metric_mask marks answer tokens without eos (position t holds token t;
