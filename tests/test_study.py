@@ -122,7 +122,7 @@ def test_curve_mix_ends_at_the_final_checkpoint(study):
 
     from loc_unlearn import stages
     from loc_unlearn.config import method_config
-    from loc_unlearn.studies.controlled import prepare_seed
+    from loc_unlearn.stages import prepare_seed
 
     cfg, _, res = study
     theta_r = stages.retain_model(cfg)

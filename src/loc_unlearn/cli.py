@@ -1,8 +1,9 @@
 """`loc-unlearn <command> [--config file.yaml] key=value ...`
 
-Every command resolves one `Config` (config.py) and calls a plain function in `stages.py` or a study
-module. Short keys per command (`method=npo`) are aliases for dotted keys (`unlearn.method=npo`).
-User mistakes (UserError) print one paragraph and exit 2; no traceback.
+Every command resolves and validates one `Config` (config.py) and calls its function: a stage command
+in commands.py, a study command in studies/, or `report`. Short keys per command (`method=npo`) are
+aliases for dotted keys (`unlearn.method=npo`). User mistakes (UserError) print one paragraph and exit
+2; no traceback.
 """
 from __future__ import annotations
 
@@ -10,28 +11,30 @@ import argparse
 import importlib
 import sys
 
+from .config import build_config
 from .errors import UserError
 
-# command -> (module:function, aliases, help)
+# command -> (module:function, aliases, help). The module is imported when its command runs, so `--help`
+# and a mistyped command answer at once and no command imports the others' dependencies.
 COMMON = {"model": "input_model", "data": "data.source"}
 COMMANDS: dict[str, tuple[str, dict, str]] = {
-    "data generate": ("loc_unlearn.stages:cmd_data_generate",
+    "data generate": ("loc_unlearn.commands:cmd_data_generate",
                       {"n_authors": "data.n_authors", "qa_per_author": "data.qa_per_author", "seed": "data.seed"},
                       "write the offline synthetic author world (TOFU format) to out=DIR"),
-    "finetune": ("loc_unlearn.stages:cmd_finetune",
+    "finetune": ("loc_unlearn.commands:cmd_finetune",
                  {"split": "finetune.split", "seed": "finetune.train.seed", "model": "model.path"},
                  "fine-tune all parameters on a split (theta_r: split=retain90; split=full)"),
-    "inject": ("loc_unlearn.stages:cmd_inject",
+    "inject": ("loc_unlearn.commands:cmd_inject",
                {"mask": "inject.mask", "ratio": "inject.ratio", "seed": "inject.seed"},
                "inject the forget set into a (random 10%) value-vector region of theta_r -> theta_o"),
-    "localize": ("loc_unlearn.stages:cmd_localize",
+    "localize": ("loc_unlearn.commands:cmd_localize",
                  {"method": "localize.method", "ratio": "localize.ratio", "scope": "localize.scope",
                   "seed": "localize.seed", "source_mask": "localize.source_mask", "compare": "localize.compare"},
                  "score value vectors and write a mask"),
-    "unlearn": ("loc_unlearn.stages:cmd_unlearn",
+    "unlearn": ("loc_unlearn.commands:cmd_unlearn",
                 {"method": "unlearn.method", "mask": "unlearn.mask", "reference": "eval.reference"},
                 "masked unlearning; saves and evaluates the trajectory"),
-    "evaluate": ("loc_unlearn.stages:cmd_evaluate", {"reference": "eval.reference"},
+    "evaluate": ("loc_unlearn.commands:cmd_evaluate", {"reference": "eval.reference"},
                  "ES/FS/RS, FQ, MU of a model; writes metrics.json"),
     "study controlled": ("loc_unlearn.studies.controlled:cmd_study", {"seeds": "study.seeds", "methods": "study.methods"},
                          "Oracle vs Random: the paper's causal test (SPEC §7)"),
@@ -75,12 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     positional = [a for a in args.positional if "=" not in a]
     all_aliases = {k: v for k, v in COMMON.items() if v} | aliases
     try:
-        from .config import build_config
-
         cfg = build_config(config_file=args.config, overrides=overrides, aliases=all_aliases)
-        from .stages import check_config
-
-        check_config(cfg)
         module, fn = target.split(":")
         func = getattr(importlib.import_module(module), fn)
         func(cfg, *positional) if positional else func(cfg)

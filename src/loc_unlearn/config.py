@@ -5,6 +5,8 @@ the sections it needs; a stage's run directory is hashed over exactly those sect
 Resolution order (later wins): dataclass defaults < preset YAML (`preset=NAME`, files in
 `loc_unlearn/presets/`) < `--config file.yaml` < `key=value` overrides (dotted: `unlearn.train.lr=1e-4`).
 Unknown keys are errors that list the known ones; values are coerced to the field's type.
+Then `Config.validate()` checks names and ranges, one `validate(where)` per section next to its
+fields, each rule with one message (the `check_*` functions, which library code reuses as guards).
 Definitions are in SPEC.md; each field's docstring says what it controls (trl style).
 """
 from __future__ import annotations
@@ -21,6 +23,45 @@ import yaml
 from .errors import ConfigError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+# ----------------------------------------------------------------------------- rules (one message each)
+
+
+def check_fraction(key: str, value) -> float:
+    """A fraction of value vectors: a number in (0, 1] (mask ratios)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ConfigError(f"{key}={value!r}: expected a fraction of value vectors in (0, 1]")
+    return float(value)
+
+
+def check_positive(key: str, value) -> None:
+    if not value > 0:
+        raise ConfigError(f"{key}={value!r}: expected a number > 0")
+
+
+def check_at_least(key: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"{key}={value!r}: expected an integer >= {low}")
+
+
+def check_name(key: str, name: str, kind: str) -> None:
+    """`name` is registered as a `kind` ("unlearning method" or "localization method")."""
+    known = _registry(kind)
+    if name not in known:
+        raise ConfigError(f"{key}: unknown {kind} {name!r}; known: {', '.join(sorted(known))}")
+
+
+def _registry(kind: str):
+    # Imported here: the registries live in modules that import this one (an import cycle otherwise)
+    # and pull in torch, which `loc-unlearn --help` and YAML handling do not need.
+    if kind == "unlearning method":
+        from .train.objectives import OBJECTIVES
+
+        return OBJECTIVES
+    from .masks.localize import LOCALIZERS
+
+    return LOCALIZERS
 
 
 @dataclass
@@ -44,6 +85,12 @@ class DataConfig:
     """Synthetic world: rows of real_authors_perturbed (TOFU has 100); pretrain covers their facts."""
     n_world_facts: int = 117
     """Synthetic world: rows of world_facts_perturbed (TOFU has 117); pretrain covers these facts."""
+
+    def validate(self, where: str = "data") -> None:
+        check_at_least(f"{where}.n_authors", self.n_authors, 2)  # at least one forget and one retain author
+        for name in ("qa_per_author", "n_real_authors", "n_world_facts"):
+            check_at_least(f"{where}.{name}", getattr(self, name), 1)
+        check_at_least(f"{where}.max_eval_rows", self.max_eval_rows, 0)
 
 
 @dataclass
@@ -112,6 +159,12 @@ class TrainConfig:
     grad_clip: float = 1.0
     """Max gradient norm (0 = off)."""
 
+    def validate(self, where: str = "train") -> None:
+        check_positive(f"{where}.lr", self.lr)
+        check_positive(f"{where}.epochs", self.epochs)
+        check_at_least(f"{where}.batch_size", self.batch_size, 1)
+        check_at_least(f"{where}.micro_batch_size", self.micro_batch_size, 0)
+
 
 @dataclass
 class FinetuneConfig:
@@ -123,6 +176,9 @@ class FinetuneConfig:
     Model Utility nothing to measure; real LLMs do not need this (empty = off, SPEC §7 as written)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Recipe (SPEC §7 step 1: lr 1e-5, 5 epochs, batch 32, wd 0.01, warmup 1 epoch; presets scale it)."""
+
+    def validate(self, where: str = "finetune") -> None:
+        self.train.validate(f"{where}.train")
 
 
 @dataclass
@@ -142,6 +198,10 @@ class InjectConfig:
     """Injection must reach this fraction of the forget ES that full fine-tuning reaches (SPEC §7)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Injection recipe."""
+
+    def validate(self, where: str = "inject") -> None:
+        check_fraction(f"{where}.ratio", self.ratio)
+        self.train.validate(f"{where}.train")
 
 
 @dataclass
@@ -169,6 +229,13 @@ class UnlearnConfig:
     Methods need different step sizes (RMU's hidden-state loss vs NPO's log-sigmoid); Oracle and
     Random always share them, which is all the causal test requires (SPEC §7 step 3)."""
 
+    def validate(self, where: str = "unlearn") -> None:
+        check_name(f"{where}.method", self.method, "unlearning method")
+        self.train.validate(f"{where}.train")
+        for name in self.per_method:
+            check_name(f"{where}.per_method", name, "unlearning method")
+            method_config(self, name).train.validate(f"{where}.per_method.{name}.train")
+
 
 @dataclass
 class LocalizeConfig:
@@ -195,6 +262,11 @@ class LocalizeConfig:
     compare: list[str] = field(default_factory=list)
     """Masks to report overlap / precision / recall against."""
 
+    def validate(self, where: str = "localize") -> None:
+        check_name(f"{where}.method", self.method, "localization method")
+        check_fraction(f"{where}.ratio", self.ratio)
+        check_at_least(f"{where}.batch_size", self.batch_size, 1)
+
 
 @dataclass
 class EvalConfig:
@@ -216,6 +288,14 @@ class EvalConfig:
     """AUES: prepend (0, RS of the first point)."""
     mu95: Literal["first", "best"] = "first"
     """MU95: first crossing (interpolated) or best log10 FQ above 0.95 MU0."""
+
+    def validate(self, where: str = "eval") -> None:
+        check_at_least(f"{where}.batch_size", self.batch_size, 1)
+
+
+REGIONS = ("oracle", "random")
+"""The controlled study's two masks per seed (SPEC §7): V_tgt, the region the forget set was injected
+into, and a disjoint random region of the same size (`stages.prepare_seed`)."""
 
 
 @dataclass
@@ -240,6 +320,13 @@ class StudyConfig:
     """Localization benchmark: also run, for each attribution method, a random mask with the same
     per-layer counts (`random~METHOD`), separating "which layers" from "which value vectors"."""
 
+    def validate(self, where: str = "study") -> None:
+        check_at_least(f"{where}.seeds", self.seeds, 1)
+        for name in self.methods:
+            check_name(f"{where}.methods", name, "unlearning method")
+        for name in self.localizers:
+            check_name(f"{where}.localizers", name, "localization method")
+
 
 @dataclass
 class Config:
@@ -260,6 +347,14 @@ class Config:
     localize: LocalizeConfig = field(default_factory=LocalizeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
+
+    def validate(self) -> "Config":
+        """Check every section's names and ranges before any work (ConfigError naming the key)."""
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "validate"):
+                section.validate(f.name)
+        return self
 
 
 # ----------------------------------------------------------------------------- machinery
@@ -418,7 +513,7 @@ def preset_dict(name: str) -> dict:
 
 def build_config(preset: str | None = None, config_file: str | None = None,
                  overrides: list[str] | tuple[str, ...] = (), aliases: dict[str, str] | None = None) -> Config:
-    """Resolve a Config: defaults < preset < config file < key=value overrides.
+    """Resolve and validate a Config: defaults < preset < config file < key=value overrides.
 
     `aliases` maps short CLI keys of a command (e.g. `method`) to dotted keys (`unlearn.method`).
     """
@@ -442,7 +537,7 @@ def build_config(preset: str | None = None, config_file: str | None = None,
     for k, v in pairs:
         if k != "preset":
             apply_override(cfg, k, v)
-    return cfg
+    return cfg.validate()
 
 
 def dump_yaml(cfg) -> str:

@@ -80,7 +80,8 @@ class Run:
                                                "files": files})
 
 
-def _wait_for(path: Path, timeout_s: float = 24 * 3600) -> None:
+def wait_for(path: Path, timeout_s: float = 24 * 3600) -> None:
+    """Block until `path` exists: under several processes, the others wait for what the main one writes."""
     t0 = time.time()
     while not path.is_file():
         if time.time() - t0 > timeout_s:
@@ -104,8 +105,11 @@ def cached(runs_dir: str | Path, stage: str, key: dict[str, Any], build: Callabl
     interrupted build is called again on the same directory.
 
     Under `accelerate launch` / torchrun (WORLD_SIZE > 1) a `collective` stage (one that trains) is built
-    by every process together, and its files are written by the main process only; any other stage is
-    built by the main process alone. Either way the other processes wait for the main one's manifest.
+    by every process together; any other stage is built by the main process alone. Either way the main
+    process writes metrics.json and the manifest and the other processes wait for that manifest. The
+    files a collective `build` writes itself (models, masks) it writes from the main process only
+    (`utils.is_main_process()`; every process holds the same copy): this function only sees the
+    metrics that `build` returns.
     """
     run = get_run(runs_dir, stage, key)
     if world_size() > 1 and not run.is_complete():
@@ -113,7 +117,7 @@ def cached(runs_dir: str | Path, stage: str, key: dict[str, Any], build: Callabl
             metrics = build(run.path) or {}
             if is_main_process():
                 run.finish(metrics)
-        _wait_for(run.manifest_path)
+        wait_for(run.manifest_path)
     if not run.is_complete():
         # An exclusive lock, so two processes (cluster jobs, two terminals) never build one run at once;
         # the second waits and then finds it complete.

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-REGIONS = ("oracle", "random")
+from ..config import REGIONS  # the controlled study's two masks (plots imports it from here)
+
 ALPHA = 0.05  # significance level of the headline
 MU95_MARK = "†"  # MU never fell below 0.95 MU(theta_0): the last point's value stands in (SPEC §4)
 

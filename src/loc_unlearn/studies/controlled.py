@@ -1,33 +1,55 @@
 """The controlled Oracle-vs-Random experiment: the paper's causal test (SPEC §7).
 
 theta_r (retain-only) -> per seed s: V_tgt = random 10% of value vectors, theta_o = learn_reg injection
-of the forget set into V_tgt only, V_rdm = random_complement(V_tgt). Each unlearning method runs from
-theta_o twice with identical hyperparameters: Oracle (mask V_tgt) and Random (mask V_rdm). If
-localization informed unlearning, Oracle would beat Random; the paired tests over seeds say whether it
-does. Every stage is a cached run (stages.py), so a rerun reuses what is complete and resumes the rest.
+of the forget set into V_tgt only, V_rdm = random_complement(V_tgt) (stages.prepare_seed). Each
+unlearning method runs from theta_o twice with identical hyperparameters: Oracle (mask V_tgt) and
+Random (mask V_rdm). If localization informed unlearning, Oracle would beat Random; the paired tests
+over seeds say whether it does. Every stage is a cached run (stages.py), so a rerun reuses what is
+complete and resumes the rest. The order of the study (common.py): theta_r, then one wave of jobs
+building theta_o per seed, then one wave of unlearning runs, then gathering and the report.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from .. import stages
-from ..config import Config, method_config
-from ..runs import cached
+from ..config import REGIONS, Config, method_config
+from ..evaluate.stats import paired_tests as _paired
+from ..masks.mask import Mask
 from ..utils import log
-from .executor import execute
+from . import common
+from .common import Study, Wave
+from .output_fit import run_output_fit
 
-REGIONS = ("oracle", "random")
+
+def cmd_demo(cfg: Config) -> None:
+    log(f"demo: controlled study on preset {cfg.preset} ({cfg.study.seeds} seeds x {', '.join(cfg.study.methods)} "
+        f"x oracle/random), output-fit analysis, report; runs in {cfg.runs_dir}/")
+    t0 = time.time()
+    cmd_study(cfg)
+    print(f"demo finished in {time.time() - t0:.0f} s")
 
 
-def prepare_seed(cfg: Config, theta_r: stages.ModelRef, seed: int) -> dict:
-    """theta_o and the two masks for one seed."""
-    theta_o = stages.inject(cfg, theta_r, seed)
-    tgt = theta_o.run.path / "mask.safetensors"
-    rdm = stages.random_mask(cfg, theta_r, seed + 10_000, cfg.inject.ratio, source_mask=str(tgt))
-    return {"seed": seed, "theta_o": theta_o, "masks": {"oracle": tgt, "random": rdm}}
+def cmd_study(cfg: Config) -> None:
+    d = run_study(cfg)
+    print_summary(d)
+    print(f"\nreport: {d / 'report.html'}\n        {d / 'report.md'}\nresults: {d / 'results.json'}")
+
+
+def run_study(cfg: Config) -> Path:
+    """Run (or resume) the whole controlled study; returns the study directory with results.json."""
+    return common.run_study(cfg, Study(
+        name="controlled",
+        inputs=stages.retain_model,  # theta_r, shared by every job
+        # Two waves, so no two jobs ever build the same shared run: theta_o per seed, then unlearning.
+        waves=[Wave("inject (theta_o)", inject_job, [{"seed": s} for s in range(cfg.study.seeds)]),
+               Wave("unlearning runs", unlearn_job, enumerate_jobs(cfg))],
+        gather=gather))
 
 
 def enumerate_jobs(cfg: Config) -> list[dict]:
@@ -36,21 +58,41 @@ def enumerate_jobs(cfg: Config) -> list[dict]:
             for s in range(cfg.study.seeds) for m in cfg.study.methods for r in REGIONS]
 
 
-def run_job(cfg: Config, job: dict) -> dict:
+def inject_job(cfg: Config, job: dict) -> dict:
+    """theta_o and the two masks of one seed."""
+    stages.prepare_seed(cfg, stages.retain_model(cfg), job["seed"])
+    return job
+
+
+def unlearn_job(cfg: Config, job: dict) -> dict:
     """One unlearning run; recomputes nothing that is cached (theta_r, theta_o, masks)."""
     theta_r = stages.retain_model(cfg)
-    prep = prepare_seed(cfg, theta_r, job["seed"])
+    prep = stages.prepare_seed(cfg, theta_r, job["seed"])
     ucfg = method_config(cfg.unlearn, job["method"])
-    run = stages.unlearn(cfg, prep["theta_o"], prep["masks"][job["region"]], theta_r, ucfg)
-    met = run.metrics()
-    return {**job, "aues": met["aues"], "mu95": met["mu95"], "mu95_not_reached": met["mu95_not_reached"],
-            "trajectory": met["trajectory"], "run_dir": str(run.path)}
+    return common.unlearn_result(job, stages.unlearn(cfg, prep["theta_o"], prep["masks"][job["region"]], theta_r, ucfg))
+
+
+def gather(cfg: Config, outputs: dict[str, list[dict]]) -> dict:
+    """results.json of the controlled study (schema in docs/contracts.md), from the cached runs."""
+    theta_r = stages.retain_model(cfg)
+    preps = [stages.prepare_seed(cfg, theta_r, s) for s in range(cfg.study.seeds)]
+    runs = outputs["unlearning runs"]
+    res = {"ratio": cfg.inject.ratio,
+           "injection": [{k: v for k, v in pr["theta_o"].run.metrics().items()
+                          if k in ("seed", "forget_es", "target_es", "reached", "exact_greedy")} |
+                         {"full_ft_es": pr["theta_o"].run.metrics()["target_es"] / cfg.inject.target_es_fraction}
+                         for pr in preps],
+           "runs": runs, "tests": paired_tests(runs, cfg.study.methods),
+           "masks": [{"seed": pr["seed"], "name": r, "per_layer_counts": Mask.load(pr["masks"][r]).per_layer_counts()}
+                     for pr in preps for r in REGIONS]}
+    if cfg.study.localizers:
+        res["localization_check"] = [row for pr in preps[:1] for row in localization_check(cfg, pr)]
+    if cfg.study.output_fit:
+        res["output_fit"] = run_output_fit(cfg, theta_r, preps[0])
+    return res
 
 
 def paired_tests(runs: list[dict], methods: list[str]) -> list[dict]:
-    from ..evaluate.stats import paired_tests as _paired
-    import numpy as np
-
     out = []
     for m in methods:
         for metric in ("aues", "mu95"):
@@ -67,8 +109,6 @@ def paired_tests(runs: list[dict], methods: list[str]) -> list[dict]:
 
 def localization_check(cfg: Config, prep: dict) -> list[dict]:
     """Beyond the paper: can each localization method find V_tgt on theta_o? (SPEC §7 step 5)."""
-    from ..masks.mask import Mask
-
     tgt = Mask.load(prep["masks"]["oracle"])
     rows = []
     for method in cfg.study.localizers:
@@ -83,54 +123,7 @@ def localization_check(cfg: Config, prep: dict) -> list[dict]:
     return rows
 
 
-def run_study(cfg: Config) -> Path:
-    """Run (or resume) the whole controlled study; returns the study directory with results.json."""
-    from ..masks.mask import Mask
-    from ..report import build_report
-    from ..utils import write_json_atomic
-
-    t0 = time.time()
-    key = {"study": "controlled", "config": asdict(cfg) | {"runs_dir": "", "out": "", "input_model": ""},
-           "data": stages.data_source(cfg)[1]}
-
-    def build(p: Path) -> dict:
-        theta_r = stages.retain_model(cfg)
-        # Two waves, so no two jobs ever build the same shared run: theta_o per seed, then unlearning.
-        execute(cfg, prep_job, [{"seed": s} for s in range(cfg.study.seeds)], "inject (theta_o)")
-        preps = [prepare_seed(cfg, theta_r, s) for s in range(cfg.study.seeds)]
-        runs = execute(cfg, run_job, enumerate_jobs(cfg), "unlearning runs")
-        res = {"study": "controlled", "preset": cfg.preset, "config": key["config"],
-               "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "ratio": cfg.inject.ratio,
-               "injection": [{k: v for k, v in pr["theta_o"].run.metrics().items()
-                              if k in ("seed", "forget_es", "target_es", "reached", "exact_greedy")} |
-                             {"full_ft_es": pr["theta_o"].run.metrics()["target_es"] / cfg.inject.target_es_fraction}
-                             for pr in preps],
-               "runs": runs, "tests": paired_tests(runs, cfg.study.methods),
-               "masks": [{"seed": pr["seed"], "name": r, "per_layer_counts": Mask.load(pr["masks"][r]).per_layer_counts()}
-                         for pr in preps for r in REGIONS]}
-        if cfg.study.localizers:
-            res["localization_check"] = [row for pr in preps[:1] for row in localization_check(cfg, pr)]
-        if cfg.study.output_fit:
-            from .output_fit import run_output_fit
-
-            res["output_fit"] = run_output_fit(cfg, theta_r, preps[0])
-        res["elapsed_s"] = round(time.time() - t0, 1)
-        write_json_atomic(p / "results.json", res)
-        build_report(p)
-        return {"elapsed_s": res["elapsed_s"], "tests": res["tests"]}
-
-    run = cached(cfg.runs_dir, "study-controlled", key, build)
-    return run.path
-
-
-def prep_job(cfg: Config, job: dict) -> dict:
-    prepare_seed(cfg, stages.retain_model(cfg), job["seed"])
-    return job
-
-
 def print_summary(study_dir: Path) -> None:
-    import json
-
     res = json.loads((study_dir / "results.json").read_text())
     print(f"\nOracle vs Random ({len({r['seed'] for r in res['runs']})} seeds, preset {res['preset']}):")
     print(f"{'method':8s} {'metric':6s} {'oracle':>16s} {'random':>16s} {'p(t)':>7s} {'p(W)':>7s}")
@@ -148,17 +141,3 @@ def print_summary(study_dir: Path) -> None:
         print(f"output fit: stitched FS {of['stitched']['FS']:.3f} RS {of['stitched']['RS']:.3f} "
               f"(theta_o FS {of['theta_o']['FS']:.3f}, theta_r FS {of['theta_r']['FS']:.3f})")
     print(f"elapsed {res['elapsed_s']:.0f} s (first run)")
-
-
-def cmd_study(cfg: Config) -> None:
-    d = run_study(cfg)
-    print_summary(d)
-    print(f"\nreport: {d / 'report.html'}\n        {d / 'report.md'}\nresults: {d / 'results.json'}")
-
-
-def cmd_demo(cfg: Config) -> None:
-    log(f"demo: controlled study on preset {cfg.preset} ({cfg.study.seeds} seeds x {', '.join(cfg.study.methods)} "
-        f"x oracle/random), output-fit analysis, report; runs in {cfg.runs_dir}/")
-    t0 = time.time()
-    cmd_study(cfg)
-    print(f"demo finished in {time.time() - t0:.0f} s")

@@ -5,7 +5,7 @@ region) as one SLURM array task; `debug` uses submitit's in-process debug execut
 ever write their own cached run directories, so a failed or preempted job is simply resubmitted and
 resumes from its last checkpoint. Results are gathered afterwards by calling the same job function
 locally: every stage it touches is complete by then, so it only reads the cached metrics (no pickled
-results are trusted for the numbers).
+results are trusted for the numbers). Job functions must be module-level (picklable), see common.py.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from ..utils import log, progress
 
 
 def _executor(cfg: Config, name: str):
+    # Imported here: only the cluster/debug executors need submitit (local runs work without it).
     import submitit
 
     folder = Path(cfg.runs_dir) / "submitit" / name

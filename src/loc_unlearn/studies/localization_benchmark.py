@@ -3,27 +3,46 @@
 A model fine-tuned on the full dataset; for each localization method a mask of `localize.ratio` over
 value vectors from forget/retain data; for each unlearning method, masked unlearning on the forget
 split; AUES and MU95 per (localizer, method). FQ reference = the retain-only model theta_r.
+The order of the study (common.py): the two models and every mask in process, then one wave of
+unlearning runs, then gathering and the report.
 """
 from __future__ import annotations
 
 import dataclasses
-import time
-from dataclasses import asdict
+import json
 from pathlib import Path
 
 from .. import stages
 from ..config import Config, method_config
-from ..runs import cached
+from ..masks.mask import Mask
 from ..utils import progress
-from .executor import execute
-
-
-def _models(cfg: Config) -> tuple[stages.ModelRef, stages.ModelRef]:
-    """(model fine-tuned on the full set, theta_r = the FQ reference)."""
-    return stages.finetune_on(cfg, "full"), stages.retain_model(cfg)
-
+from . import common
+from .common import Study, Wave
 
 MATCHED = "random~"  # `random~wagle`: random value vectors with WAGLE's per-layer counts
+
+
+def cmd_study(cfg: Config) -> None:
+    d = run_study(cfg)
+    res = json.loads((d / "results.json").read_text())
+    methods = cfg.study.methods
+    print(f"\n{'localizer':18s} " + " ".join(f"{m + ' AUES':>10s} {m + ' MU95':>10s}" for m in methods))
+    for loc in localizers(cfg):
+        cells = []
+        for m in methods:
+            r = next(x for x in res["runs"] if x["localizer"] == loc and x["method"] == m)
+            cells.append(f"{r['aues']:10.3f} {r['mu95']:10.2f}")
+        print(f"{loc:18s} " + " ".join(cells))
+    print(f"\nreport: {d / 'report.html'}\n        {d / 'report.md'}\nresults: {d / 'results.json'}")
+
+
+def run_study(cfg: Config) -> Path:
+    """Run (or resume) the localization benchmark; returns the study directory with results.json."""
+    return common.run_study(cfg, Study(
+        name="localization",
+        inputs=build_masks,  # the models and every mask, so no two jobs build one (random~X needs X's)
+        waves=[Wave("unlearning runs", unlearn_job, enumerate_jobs(cfg))],
+        gather=gather))
 
 
 def localizers(cfg: Config) -> list[str]:
@@ -37,6 +56,31 @@ def enumerate_jobs(cfg: Config) -> list[dict]:
     return [{"localizer": loc, "method": m} for loc in localizers(cfg) for m in cfg.study.methods]
 
 
+def build_masks(cfg: Config) -> dict[str, Path]:
+    full, _ = _models(cfg)
+    return {loc: _mask(cfg, full, loc) for loc in progress(localizers(cfg), desc="localize")}
+
+
+def unlearn_job(cfg: Config, job: dict) -> dict:
+    full, ret = _models(cfg)
+    mask = _mask(cfg, full, job["localizer"])
+    return common.unlearn_result(job, stages.unlearn(cfg, full, mask, ret, method_config(cfg.unlearn, job["method"])))
+
+
+def gather(cfg: Config, outputs: dict[str, list[dict]]) -> dict:
+    """results.json of the localization benchmark (schema in docs/contracts.md), from the cached runs."""
+    full, _ = _models(cfg)
+    masks = {loc: _mask(cfg, full, loc) for loc in localizers(cfg)}
+    return {"ratio": cfg.localize.ratio, "runs": outputs["unlearning runs"],
+            "masks": [{"localizer": loc, "per_layer_counts": Mask.load(m).per_layer_counts()}
+                      for loc, m in masks.items()]}
+
+
+def _models(cfg: Config) -> tuple[stages.ModelRef, stages.ModelRef]:
+    """(model fine-tuned on the full set, theta_r = the FQ reference)."""
+    return stages.finetune_on(cfg, "full"), stages.retain_model(cfg)
+
+
 def _mask(cfg: Config, model: stages.ModelRef, localizer: str) -> Path:
     if localizer.startswith(MATCHED):
         src = _mask(cfg, model, localizer[len(MATCHED):])
@@ -44,53 +88,3 @@ def _mask(cfg: Config, model: stages.ModelRef, localizer: str) -> Path:
     else:
         lcfg = dataclasses.replace(cfg.localize, method=localizer, source_mask="")
     return stages.localize(cfg, model, lcfg)
-
-
-def run_job(cfg: Config, job: dict) -> dict:
-    full, ret = _models(cfg)
-    mask = _mask(cfg, full, job["localizer"])
-    run = stages.unlearn(cfg, full, mask, ret, method_config(cfg.unlearn, job["method"]))
-    met = run.metrics()
-    return {**job, "aues": met["aues"], "mu95": met["mu95"], "mu95_not_reached": met["mu95_not_reached"],
-            "trajectory": met["trajectory"], "run_dir": str(run.path)}
-
-
-def run_study(cfg: Config) -> Path:
-    from ..masks.mask import Mask
-    from ..report import build_report
-    from ..utils import write_json_atomic
-
-    t0 = time.time()
-    key = {"study": "localization", "config": asdict(cfg) | {"runs_dir": "", "out": "", "input_model": ""},
-           "data": stages.data_source(cfg)[1]}
-
-    def build(p: Path) -> dict:
-        full, _ = _models(cfg)
-        masks = {loc: _mask(cfg, full, loc) for loc in progress(localizers(cfg), desc="localize")}
-        runs = execute(cfg, run_job, enumerate_jobs(cfg), "unlearning runs")
-        res = {"study": "localization", "preset": cfg.preset, "config": key["config"], "ratio": cfg.localize.ratio,
-               "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "runs": runs,
-               "masks": [{"localizer": loc, "per_layer_counts": Mask.load(m).per_layer_counts()}
-                         for loc, m in masks.items()],
-               "elapsed_s": round(time.time() - t0, 1)}
-        write_json_atomic(p / "results.json", res)
-        build_report(p)
-        return {"elapsed_s": res["elapsed_s"]}
-
-    return cached(cfg.runs_dir, "study-localization", key, build).path
-
-
-def cmd_study(cfg: Config) -> None:
-    import json
-
-    d = run_study(cfg)
-    res = json.loads((d / "results.json").read_text())
-    methods = cfg.study.methods
-    print(f"\n{'localizer':18s} " + " ".join(f"{m + ' AUES':>10s} {m + ' MU95':>10s}" for m in methods))
-    for loc in localizers(cfg):
-        cells = []
-        for m in methods:
-            r = next(x for x in res["runs"] if x["localizer"] == loc and x["method"] == m)
-            cells.append(f"{r['aues']:10.3f} {r['mu95']:10.2f}")
-        print(f"{loc:18s} " + " ".join(cells))
-    print(f"\nreport: {d / 'report.html'}\n        {d / 'report.md'}\nresults: {d / 'results.json'}")

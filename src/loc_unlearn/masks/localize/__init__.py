@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ...config import LocalizeConfig
+from ...config import LocalizeConfig, check_fraction
 from ...errors import ConfigError, MaskError
 from ...registry import Registry
 from ..mask import Mask
@@ -18,9 +18,7 @@ LOCALIZERS = Registry("localization method")
 
 
 def _check_ratio(ratio) -> float:
-    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not (0.0 < float(ratio) <= 1.0):
-        raise ConfigError(f"config key 'localize.ratio': expected a fraction in (0, 1], got {ratio!r}")
-    return float(ratio)
+    return check_fraction("localize.ratio", ratio)  # the config's rule and message (config.py)
 
 
 def topk_count(ratio: float, n: int) -> int:
