@@ -378,6 +378,7 @@ def unlearn(cfg: Config, model: ModelRef, mask_path: str | Path | None, referenc
     from .evaluate.tradeoff import summarize_trajectory
     from .masks.mask import Mask
     from .train.loop import load_checkpoint, train
+    from .train.objectives import hparams_from
 
     ucfg = ucfg or method_config(cfg.unlearn, cfg.unlearn.method)
     _, data_fp = data_source(cfg)
@@ -389,8 +390,7 @@ def unlearn(cfg: Config, model: ModelRef, mask_path: str | Path | None, referenc
         mask = Mask.load(mask_path, expect_shape=_shape(m)).mask if mask_path else None
         forget = load_rows(cfg, cfg.data.forget_split)
         retain = load_rows(cfg, retain_split(cfg))
-        hp = {k: getattr(ucfg, k) for k in ("gamma", "alpha", "beta", "delta") if getattr(ucfg, k) is not None}
-        hp |= {"rmu_layer": ucfg.rmu_layer, "rmu_c": ucfg.rmu_c}
+        hp = hparams_from(ucfg)
         res = train(m, tok, forget, retain, ucfg.method, ucfg.train, p / "train", mask=mask, hparams=hp,
                     idk=load_idk(cfg))
         sets = eval_sets(cfg)
