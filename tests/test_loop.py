@@ -140,7 +140,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tok, tmp_path, monkeypatch):
         calls["n"] += 1
         loss, logs = real(model, batch, ctx)
         return (loss * float("nan") if calls["n"] >= 3 else loss), logs
-    monkeypatch.setattr(loop_mod, "OBJECTIVES", {**OBJECTIVES, "ga": nan_at_step_3})
+    monkeypatch.setattr(loop_mod, "OBJECTIVES", {**OBJECTIVES, "ga": replace(real, fn=nan_at_step_3)})
     with pytest.raises(TrainingDiverged, match=r"step 3.*ckpt-2"):
         train(model, tok, forget, retain, "ga", replace(CFG, epochs=3), tmp_path, mask=mask)
     assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-2"]

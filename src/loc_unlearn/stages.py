@@ -34,6 +34,7 @@ from .masks.mask import Mask
 from .models.load import build_tiny, load_model, preset_base_path, save_model
 from .models.value_vectors import shape
 from .runs import Run, cached, wait_for
+from .train.objectives import hparams_from
 from .train import loop  # as a module: tests replace loop.train to prove a complete study trains nothing
 from .utils import fault_point, is_main_process, log, sha256_file, sha256_json, write_json_atomic
 
@@ -366,8 +367,7 @@ def unlearn(cfg: Config, model: ModelRef, mask_path: str | Path | None, referenc
         mask = Mask.load(mask_path, expect_shape=shape(m)).mask if mask_path else None
         forget = data.forget_rows()
         retain = data.retain_rows()
-        hp = {k: getattr(ucfg, k) for k in ("gamma", "alpha", "beta", "delta") if getattr(ucfg, k) is not None}
-        hp |= {"rmu_layer": ucfg.rmu_layer, "rmu_c": ucfg.rmu_c}
+        hp = hparams_from(ucfg)
         res = loop.train(m, tok, forget, retain, ucfg.method, ucfg.train, p / "train", mask=mask, hparams=hp,
                          idk=data.idk())
         sets = data.eval_sets()

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..data.formatting import encode_qa
-from ..utils import progress
+from ..data.formatting import encode_qa, pad_id as pad_id_of
+from ..utils import eval_mode, progress
 
 
 def prompt_ids(tokenizer, question: str) -> list[int]:
@@ -34,9 +34,7 @@ def generate_ids(model, prompts: list[list[int]], max_new_tokens: int, pad_id: i
     dev = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
     out = [None] * len(prompts)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for s in progress(range(0, len(order), batch_size), desc=desc, leave=False):
             idx = order[s: s + batch_size]
             T = max(len(prompts[i]) for i in idx)
@@ -53,14 +51,12 @@ def generate_ids(model, prompts: list[list[int]], max_new_tokens: int, pad_id: i
                 seq = gen[b, T:].tolist()
                 cut = next((k for k, t in enumerate(seq) if t in stop), len(seq))
                 out[i] = seq[:cut]
-    finally:
-        model.train(was_training)
     return out
 
 
 def generate(model, tokenizer, questions: list[str], max_new_tokens: int = 200, batch_size: int = 16) -> list[str]:
     """Greedy answers to `questions` (chat-formatted like training), decoded without special tokens."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_id_of(tokenizer)
     prompts = [prompt_ids(tokenizer, q) for q in questions]
     seqs = generate_ids(model, prompts, max_new_tokens, pad_id, stop_ids(model, tokenizer), batch_size)
     return [tokenizer.decode(s, skip_special_tokens=True).strip() for s in seqs]

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..data.formatting import collate, encode_qa, length_batches
+from ..data.formatting import collate, encode_qa, length_batches, pad_id
 from ..errors import DataError, UserError
-from ..utils import progress
+from ..utils import eval_mode, progress
 
 
 
@@ -64,13 +64,13 @@ def _device(model):
 
 
 @torch.inference_mode()
-def _run(model, items, pad_id, batch_size, es_floor, desc):
+def _run(model, items, pad, batch_size, es_floor, desc):
     """Metrics for a list of encoded items, in length-bucketed batches; results in input order."""
     out = [None] * len(items)
     dev = _device(model)
     batches = length_batches([len(it["input_ids"]) for it in items], batch_size, shuffle=False, seed=0)
     for idx in progress(batches, desc=desc, leave=False):
-        b = collate([items[i] for i in idx], pad_id)
+        b = collate([items[i] for i in idx], pad)
         T = b["input_ids"].shape[1]
         # Logits are only needed from the first answer-predicting position on: saves the
         # lm_head matmul (and the [B,T,V] buffer) over prompt positions.
@@ -101,19 +101,17 @@ def token_metrics(model, tokenizer, rows, batch_size: int = 16, es_floor: str = 
     """
     if not rows:
         raise DataError("token_metrics: empty eval set")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    was_training = model.training
-    model.eval()
-    try:
+    pad = pad_id(tokenizer)
+    with eval_mode(model):
         ans = [_encode(tokenizer, r["question"], r["answer"], f"row {i + 1} field 'answer'")
                for i, r in enumerate(rows)]
-        a = _run(model, ans, pad_id, batch_size, es_floor, "eval answer")
+        a = _run(model, ans, pad, batch_size, es_floor, "eval answer")
         out = {"es": [x["es"] for x in a], "em": [x["em"] for x in a], "nll": [x["nll"] for x in a],
                "n_answer": [x["n"] for x in a]}
         if all("paraphrased_answer" in r for r in rows):
             par = [_encode(tokenizer, r["question"], r["paraphrased_answer"], f"row {i + 1} field 'paraphrased_answer'")
                    for i, r in enumerate(rows)]
-            out["nll_paraphrased"] = [x["nll"] for x in _run(model, par, pad_id, batch_size, es_floor, "eval paraphrased")]
+            out["nll_paraphrased"] = [x["nll"] for x in _run(model, par, pad, batch_size, es_floor, "eval paraphrased")]
         if all(r.get("perturbed_answer") for r in rows):
             owner, pert = [], []
             for i, r in enumerate(rows):
@@ -123,11 +121,9 @@ def token_metrics(model, tokenizer, rows, batch_size: int = 16, es_floor: str = 
                 for j, s in enumerate(p):
                     owner.append(i)
                     pert.append(_encode(tokenizer, r["question"], s, f"row {i + 1} field 'perturbed_answer[{j}]'"))
-            res = _run(model, pert, pad_id, batch_size, es_floor, "eval perturbed")
+            res = _run(model, pert, pad, batch_size, es_floor, "eval perturbed")
             per = [[] for _ in rows]
             for i, x in zip(owner, res):
                 per[i].append(x["nll"])
             out["nll_perturbed"] = per
-    finally:
-        model.train(was_training)
     return out

@@ -9,18 +9,18 @@ and an explicit sum all-reduce makes the normalization exact without the x num_p
 
 Data order derives only from (seed, epoch) and dropout is reseeded from (seed, step, rank), so a run
 resumed from a checkpoint sees the same batches and ends bit-identical (CPU) to an uninterrupted one.
-Checkpoints `out_dir/ckpt-<step>/` are written to a temp folder and renamed: a checkpoint exists iff it
-is complete; its manifest.json holds the sha256 of every file.
+Checkpoint files are checkpoint.py's business.
+
+`train` is plan -> prepare -> resume -> steps -> finish. What an objective needs (retain pairs, IDK
+refusals, cached reference log-probs, start-model forwards, a fixed target vector) comes from its
+registry entry (objectives.Objective); nothing here knows a method by name.
 """
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import random
-import re
-import shutil
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,14 +28,16 @@ from pathlib import Path
 import torch
 
 from ..config import TrainConfig
-from ..data.formatting import collate, encode_qa
+from ..data.formatting import collate, encode_qa, pad_id
 from ..errors import CheckpointError, TrainingDiverged, UserError
-from ..models.value_vectors import fingerprint, shape, value_matrix
-from ..utils import fault_point, log, progress, save_safetensors_atomic, sha256_file, sha256_json, write_json_atomic
+from ..models.value_vectors import shape
+from ..utils import eval_mode, fault_point, log, progress, sha256_json
+from .checkpoint import (checkpoints, last_checkpoint, load_checkpoint, load_ref_logps, resume_latest,
+                         save_checkpoint, save_ref_logps)
 from .masked import MaskedDelta
-from .objectives import NEEDS_REF_LOGP, OBJECTIVES, Context, resolve_hparams, rmu_target, sequence_logps
+from .objectives import OBJECTIVES, Context, Objective, resolve_hparams, sequence_logps
 
-CKPT_RE = re.compile(r"^ckpt-(\d+)$")
+__all__ = ["TrainResult", "load_checkpoint", "lr_at", "train"]
 
 
 @dataclass
@@ -86,103 +88,29 @@ def _run_key(objective, hp, cfg: TrainConfig, mask, forget_items, retain_items, 
                         "retain": retain_items, "idk": idk_items})
 
 
-# ----------------------------------------------------------------------------- checkpoints
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
 
 
-def _opt_tensors(opt) -> tuple[dict, list]:
-    sd = opt.state_dict()
-    tensors = {f"state.{i}.{k}": v if torch.is_tensor(v) else torch.tensor(v)
-               for i, st in sd["state"].items() for k, v in st.items()}
-    return tensors, sd["param_groups"]
+# ----------------------------------------------------------------------------- plan: what the run is
 
 
-def _load_opt(opt, tensors: dict, groups: list) -> None:
-    state: dict = {}
-    for name, t in tensors.items():
-        _, i, k = name.split(".", 2)
-        state.setdefault(int(i), {})[k] = t
-    opt.load_state_dict({"state": state, "param_groups": groups})
-
-
-def _save_checkpoint(out_dir: Path, step: int, md: MaskedDelta, opt, state: dict) -> Path:
-    final = out_dir / f"ckpt-{step}"
-    tmp = out_dir / f".tmp-ckpt-{step}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model = md.model
-    meta = {"format": "masked_delta" if md.masked else "full", **{k: str(v) for k, v in fingerprint(model).items()}}
-    if md.masked:
-        save_safetensors_atomic(md.state_dict(), tmp / "delta.safetensors", metadata=meta)
-    else:
-        # clone: tied weights share storage, which safetensors refuses to write
-        save_safetensors_atomic({k: v.detach().clone() for k, v in model.state_dict().items()},
-                                tmp / "model.safetensors", metadata=meta)
-    tensors, groups = _opt_tensors(opt)
-    save_safetensors_atomic(tensors, tmp / "optimizer.safetensors")
-    fault_point("checkpoint_save")  # reliability tests: a kill here leaves only a .tmp-ckpt folder
-    write_json_atomic(tmp / "trainer_state.json", {**state, "param_groups": groups})
-    write_json_atomic(tmp / "manifest.json", {p.name: sha256_file(p) for p in sorted(tmp.iterdir())})
-    if final.exists():  # the same step written by an earlier attempt: replace it whole
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    return final
-
-
-def _verify(ckpt: Path) -> None:
-    man = ckpt / "manifest.json"
-    if not man.is_file():
-        raise CheckpointError(f"checkpoint {ckpt} has no manifest.json (not a complete checkpoint)")
-    try:
-        files = json.loads(man.read_text())
-    except json.JSONDecodeError:
-        raise CheckpointError(f"checkpoint {ckpt}: manifest.json is not valid JSON") from None
-    for name, digest in files.items():
-        p = ckpt / name
-        if not p.is_file() or sha256_file(p) != digest:
-            raise CheckpointError(f"checkpoint {ckpt}: {name} is missing or corrupted (sha256 mismatch)")
-
-
-def _checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
-    if not out_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in out_dir.iterdir() if (m := CKPT_RE.match(p.name)) and p.is_dir()]
-    return sorted(found)
-
-
-@torch.no_grad()
-def load_checkpoint(base_model, ckpt_dir) -> torch.nn.Module:
-    """Rebuild the model at `ckpt_dir` from `base_model` (the model training started from), in place:
-    masked checkpoints add their deltas to the masked columns (same arithmetic as MaskedDelta.merge),
-    full ones load all weights. Verifies the sha256 manifest first."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    ckpt = Path(ckpt_dir)
-    _verify(ckpt)
-    if (ckpt / "delta.safetensors").is_file():
-        with safe_open(str(ckpt / "delta.safetensors"), "pt") as f:
-            meta = f.metadata() or {}
-        L, d_ff = shape(base_model)
-        if (meta.get("n_layers"), meta.get("d_ff")) != (str(L), str(d_ff)):
-            raise CheckpointError(f"checkpoint {ckpt} was trained on a model with n_layers={meta.get('n_layers')}, "
-                                  f"d_ff={meta.get('d_ff')}; this model has n_layers={L}, d_ff={d_ff}")
-        sd = load_file(str(ckpt / "delta.safetensors"))
-        for l in range(L):
-            w = value_matrix(base_model, l)
-            idx, d = sd[f"idx.{l}"].to(w.device), sd[f"delta.{l}"].to(w.device)
-            w[:, idx] = (w[:, idx].float() + d.float()).to(w.dtype)
-    elif (ckpt / "model.safetensors").is_file():
-        sd = load_file(str(ckpt / "model.safetensors"))
-        try:
-            base_model.load_state_dict(sd)
-        except RuntimeError as e:
-            raise CheckpointError(f"checkpoint {ckpt} does not fit this model: {str(e)[:300]}") from None
-    else:
-        raise CheckpointError(f"checkpoint {ckpt} holds neither delta.safetensors nor model.safetensors")
-    return base_model
-
-
-# ----------------------------------------------------------------------------- the loop
+@dataclass
+class _Plan:
+    name: str
+    obj: Objective
+    cfg: TrainConfig
+    hp: dict
+    items: dict[str, list[dict]]
+    """Encoded examples: forget, retain (paired per epoch; [] when not needed), idk (one per forget example)."""
+    pad: int
+    micro: int
+    spe: int
+    """Steps per epoch."""
+    total: int
+    warmup: int
+    ckpt_steps: set[int]
+    key: str
 
 
 def _encode(tokenizer, rows, max_length, what) -> list[dict]:
@@ -195,199 +123,246 @@ def _encode(tokenizer, rows, max_length, what) -> list[dict]:
     return items
 
 
+def _encode_sets(tokenizer, name: str, obj: Objective, hp: dict, cfg: TrainConfig, forget_rows, retain_rows,
+                 idk) -> dict[str, list[dict]]:
+    needs_retain = obj.needs_retain(hp)
+    if needs_retain and not retain_rows:
+        raise UserError(f"objective '{name}' with alpha={hp['alpha']} needs retain rows, got none")
+    items = {"forget": _encode(tokenizer, forget_rows, cfg.max_length, "forget"),
+             "retain": _encode(tokenizer, retain_rows, cfg.max_length, "retain") if needs_retain else [],
+             "idk": []}
+    if obj.needs_idk:
+        if not idk:
+            raise UserError(f"objective '{name}' needs IDK refusals (idk=list of strings), got none")
+        rng = random.Random(cfg.seed)  # one refusal per forget example, fixed for the whole run
+        items["idk"] = [encode_qa(tokenizer, r["question"], rng.choice(idk), cfg.max_length) for r in forget_rows]
+    return items
+
+
+def _plan(model, tokenizer, forget_rows, retain_rows, name: str, cfg: TrainConfig, mask, hparams, idk,
+          processes: int) -> _Plan:
+    obj = OBJECTIVES.get(name)
+    if cfg.batch_size < 1:
+        raise UserError(f"train.batch_size must be >= 1, got {cfg.batch_size}")
+    if not forget_rows:
+        raise UserError(f"training '{name}' needs at least one forget/training row, got none")
+    if cfg.micro_batch_size < 0:
+        raise UserError(f"train.micro_batch_size must be >= 0, got {cfg.micro_batch_size}")
+    hp = resolve_hparams(name, hparams, shape(model)[0])
+    items = _encode_sets(tokenizer, name, obj, hp, cfg, forget_rows, retain_rows, idk)
+    spe = math.ceil(len(items["forget"]) / cfg.batch_size)
+    total = max(1, math.ceil(cfg.epochs * spe))
+    every = cfg.checkpoint_every * spe
+    ckpt_steps = {round(k * every) for k in range(1, int(total / every) + 2)} if every > 0 else set()
+    return _Plan(name=name, obj=obj, cfg=cfg, hp=hp, items=items, pad=pad_id(tokenizer),
+                 micro=cfg.micro_batch_size or math.ceil(cfg.batch_size / processes), spe=spe, total=total,
+                 warmup=round(cfg.warmup_epochs * spe), ckpt_steps={s for s in ckpt_steps if 0 < s < total} | {total},
+                 key=_run_key(name, hp, cfg, mask, items["forget"], items["retain"], items["idk"]))
+
+
+# ----------------------------------------------------------------------------- prepare: trainable state
+
+
+@dataclass
+class _Run:
+    acc: object
+    md: MaskedDelta
+    snap: dict | None
+    ctx: Context
+    params: list
+    opt: torch.optim.Optimizer
+    frozen: torch.nn.Module | None = None
+    start: int = 0
+    history: list[dict] = field(default_factory=list)
+    ref_cache: dict[str, torch.Tensor] = field(default_factory=dict)
+    written: list[Path] = field(default_factory=list)
+
+    @property
+    def device(self):
+        return self.acc.device
+
+
+def _prepare(model, plan: _Plan, mask, acc) -> _Run:
+    obj, hp, cfg = plan.obj, plan.hp, plan.cfg
+    model.to(acc.device)
+    md = MaskedDelta(model, None if mask is None else torch.as_tensor(mask).bool())
+    snap = md.snapshot() if md.masked else None
+    frozen = reference = None
+    if obj.needs_reference:
+        if md.masked:
+            reference = md.disabled
+        else:  # the documented exception: an unmasked run needs a frozen copy of the start model
+            frozen = copy.deepcopy(model).eval().requires_grad_(False)
+            reference = lambda: nullcontext(frozen)  # noqa: E731
+    target = obj.target(model.config.hidden_size, hp, cfg.seed).to(acc.device) if obj.target else None
+    params = md.parameters()
+    if not params:
+        raise UserError("the mask selects no value vectors: nothing to train (check the mask file / ratio)")
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0 if md.masked else cfg.weight_decay)
+    return _Run(acc=acc, md=md, snap=snap, ctx=Context(hp=hp, reference=reference, rmu_target=target),
+                params=params, opt=opt, frozen=frozen)
+
+
+def _resume(run: _Run, plan: _Plan, out_dir: Path) -> None:
+    got = resume_latest(out_dir, plan.key, run.md, run.opt, run.device)
+    if got:
+        ck, st = got
+        run.start, run.history = st["step"], st["log"]
+        log(f"resuming {plan.name} from {ck} (step {run.start}/{plan.total})")
+
+
+def _reference_logps(run: _Run, plan: _Plan, out_dir: Path) -> None:
+    """Start-model logpi of the answer sets the objective names, once (SPEC §5); saved so a resumed run
+    reuses them."""
+    if not plan.obj.ref_logp:
+        return
+    if run.start > 0:
+        cache = load_ref_logps(out_dir)
+        if cache is None:
+            raise CheckpointError(f"{out_dir / 'ref_logps.safetensors'} is missing: cannot resume {plan.name} "
+                                  "without the start model's reference log-probs")
+        run.ref_cache = cache
+        return
+    model, m = run.md.model, plan.micro
+    with eval_mode(model), run.acc.autocast():
+        for name in plan.obj.ref_logp:
+            it = plan.items[name]
+            run.ref_cache[name] = sequence_logps(model, (_to(collate(it[s:s + m], plan.pad), run.device)
+                                                         for s in range(0, len(it), m)))
+    if run.acc.is_main_process:
+        save_ref_logps(out_dir, run.ref_cache)
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def _micro_batch(plan: _Plan, ids, retain_ids, device) -> dict:
+    """forget + idk examples `ids`, their retain partners `retain_ids` (each set only if the run has it)."""
+    sel = {"forget": ids, "retain": retain_ids, "idk": ids}
+    return {k: _to(collate([plan.items[k][i] for i in sel[k]], plan.pad), device)
+            for k in ("forget", "retain", "idk") if plan.items[k]}
+
+
+def _gradients(run: _Run, plan: _Plan, step: int, perm, pairs) -> dict:
+    """Set the lr and accumulate the gradient of one global batch; returns the step's log record."""
+    cfg, acc, device = plan.cfg, run.acc, run.device
+    P, rank = acc.num_processes, acc.process_index
+    j = step % plan.spe
+    pos = torch.arange(j * cfg.batch_size, min(len(perm), (j + 1) * cfg.batch_size))
+    b = len(pos)
+    mine = pos[rank::P]
+    torch.manual_seed(_gen(cfg.seed, step, rank).initial_seed())  # dropout: same per step on resume
+    lr = lr_at(step, cfg.lr, plan.warmup, plan.total)
+    for g in run.opt.param_groups:
+        g["lr"] = lr
+    sums: dict[str, torch.Tensor] = {"loss": torch.zeros((), device=device)}
+    for s in range(0, len(mine), plan.micro):
+        p = mine[s:s + plan.micro]
+        ids = perm[p]
+        batch = _micro_batch(plan, ids, pairs[p] if pairs is not None else None, device)
+        run.ctx.ref_logp = {k: v[ids].to(device) for k, v in run.ref_cache.items()}
+        with acc.autocast():
+            loss, logs = plan.obj(run.md.model, batch, run.ctx)
+        (loss.float().sum() / b).backward()
+        sums["loss"] = sums["loss"] + loss.detach().float().sum()
+        for k, v in logs.items():
+            sums[k] = sums.get(k, torch.zeros((), device=device)) + v.detach().float().sum()
+    names = sorted(sums)
+    stats = torch.stack([sums[k] for k in names])
+    if P > 1:
+        torch.distributed.all_reduce(stats)
+        for q in run.params:
+            if q.grad is not None:
+                torch.distributed.all_reduce(q.grad)
+    stats = (stats / b).tolist()
+    rec = {"step": step + 1, "epoch": (step + 1) / plan.spe, "lr": lr, "processes": P, **dict(zip(names, stats))}
+    gn = torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    rec["grad_norm"] = float(gn)
+    return rec
+
+
+def _diverged(run: _Run, plan: _Plan, rec: dict, out_dir: Path) -> TrainingDiverged:
+    last = run.written[-1] if run.written else last_checkpoint(out_dir)
+    return TrainingDiverged(f"training '{plan.name}' diverged at step {rec['step']}: loss={rec['loss']}, "
+                            f"grad_norm={rec['grad_norm']}; stopped without applying that step. Last good "
+                            f"checkpoint: {last or 'none (no checkpoint written yet)'}. Lower train.lr "
+                            "or change the objective's hyperparameters.")
+
+
+def _checkpoint(run: _Run, plan: _Plan, out_dir: Path, step: int) -> None:
+    if run.acc.is_main_process:
+        run.written.append(save_checkpoint(out_dir, step, run.md, run.opt, {
+            "step": step, "epoch": step / plan.spe, "total_steps": plan.total, "run_key": plan.key,
+            "objective": plan.name, "hparams": plan.hp, "log": run.history}))
+    run.acc.wait_for_everyone()
+
+
+def _steps(run: _Run, plan: _Plan, out_dir: Path) -> None:
+    cfg, N, R = plan.cfg, len(plan.items["forget"]), len(plan.items["retain"])
+    quiet = not run.acc.is_main_process or os.environ.get("LOC_UNLEARN_QUIET") == "1"
+    bar = progress(total=plan.total, initial=run.start, desc=f"train {plan.name}", disable=quiet)
+    run.md.model.train()
+    perm = pairs = None
+    cur_epoch = -1
+    for step in range(run.start, plan.total):
+        epoch = step // plan.spe
+        if epoch != cur_epoch:  # order and pairing depend only on (seed, epoch)
+            perm = torch.randperm(N, generator=_gen(cfg.seed, epoch, 0))
+            pairs = torch.randint(R, (N,), generator=_gen(cfg.seed, epoch, 1)) if R else None
+            cur_epoch = epoch
+        rec = _gradients(run, plan, step, perm, pairs)
+        if not math.isfinite(rec["loss"]) or not math.isfinite(rec["grad_norm"]):
+            bar.close()
+            raise _diverged(run, plan, rec, out_dir)
+        run.md.apply_weight_decay(rec["lr"], cfg.weight_decay)
+        run.opt.step()
+        fault_point("train_step")
+        run.opt.zero_grad(set_to_none=True)
+        run.history.append(rec)
+        bar.update(1)
+        bar.set_postfix(loss=f"{rec['loss']:.4f}")
+        stop = cfg.max_steps and step + 1 >= cfg.max_steps and step + 1 < plan.total
+        if step + 1 in plan.ckpt_steps or stop:
+            _checkpoint(run, plan, out_dir, step + 1)
+        if stop:
+            break
+    bar.close()
+
+
+def _finish(run: _Run, plan: _Plan, out_dir: Path) -> TrainResult:
+    # Trajectory = checkpoints at the planned steps (including ones written before a resume) + where we stopped.
+    last_step = run.history[-1]["step"] if run.history else run.start
+    have = dict(checkpoints(out_dir))
+    result = [have[s] for s in sorted(plan.ckpt_steps) if s <= last_step and s in have]
+    if last_step in have and have[last_step] not in result:
+        result.append(have[last_step])
+    md, model = run.md, run.md.model
+    if md.masked:
+        md.merge()
+        md.check_unmasked_unchanged(run.snap)  # SPEC §6: nothing outside the mask changed, bit for bit
+    else:
+        for q in model.parameters():
+            q.grad = None
+    run.frozen = run.ctx.reference = None
+    model.eval()
+    return TrainResult(checkpoints=result, log=run.history)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
 def train(model, tokenizer, forget_rows, retain_rows, objective: str, train_cfg: TrainConfig, out_dir,
           mask=None, hparams: dict | None = None, idk: list[str] | None = None, resume: bool = True) -> TrainResult:
     """Train `model` in place with `objective` on `forget_rows` (paired with `retain_rows`), updating only
     the value vectors in `mask` [L, d_ff] (None = all parameters). Leaves the final weights in `model`
     (merged, eval mode) and returns the checkpoints and the per-step log. See the module docstring."""
-    cfg = train_cfg
     out_dir = Path(out_dir)
-    fn = OBJECTIVES.get(objective)
-    if cfg.batch_size < 1:
-        raise UserError(f"train.batch_size must be >= 1, got {cfg.batch_size}")
-    if not forget_rows:
-        raise UserError(f"training '{objective}' needs at least one forget/training row, got none")
-    acc = _accelerator(cfg.mixed_precision)
-    P, rank = acc.num_processes, acc.process_index
-    if cfg.micro_batch_size < 0:
-        raise UserError(f"train.micro_batch_size must be >= 0, got {cfg.micro_batch_size}")
-    micro = cfg.micro_batch_size or math.ceil(cfg.batch_size / P)
-
-    hp = resolve_hparams(objective, hparams, shape(model)[0] if objective == "rmu" else 0)
-    needs_retain = objective == "rmu" or hp["alpha"] != 0
-    if needs_retain and not retain_rows:
-        raise UserError(f"objective '{objective}' with alpha={hp['alpha']} needs retain rows, got none")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    f_items = _encode(tokenizer, forget_rows, cfg.max_length, "forget")
-    r_items = _encode(tokenizer, retain_rows, cfg.max_length, "retain") if needs_retain else []
-    i_items = []
-    if objective == "dpo":
-        if not idk:
-            raise UserError("objective 'dpo' needs IDK refusals (idk=list of strings), got none")
-        rng = random.Random(cfg.seed)  # one refusal per forget example, fixed for the whole run
-        i_items = [encode_qa(tokenizer, r["question"], rng.choice(idk), cfg.max_length) for r in forget_rows]
-    N = len(f_items)
-    spe = math.ceil(N / cfg.batch_size)
-    total = max(1, math.ceil(cfg.epochs * spe))
-    warmup = round(cfg.warmup_epochs * spe)
-    every = cfg.checkpoint_every * spe
-    ckpt_steps = {round(k * every) for k in range(1, int(total / every) + 2)} if every > 0 else set()
-    ckpt_steps = {s for s in ckpt_steps if 0 < s < total} | {total}
-    key = _run_key(objective, hp, cfg, mask, f_items, r_items, i_items)
-
-    device = acc.device
-    model.to(device)
-    mask_t = None if mask is None else torch.as_tensor(mask).bool()
-    md = MaskedDelta(model, mask_t)
-    snap = md.snapshot() if md.masked else None
-    frozen = None
-    if objective == "rmu":
-        if md.masked:
-            reference = md.disabled
-        else:  # the documented exception: unmasked RMU needs a frozen copy of the start model
-            frozen = copy.deepcopy(model).eval().requires_grad_(False)
-            reference = lambda: nullcontext(frozen)  # noqa: E731
-    else:
-        reference = None
-    target = rmu_target(model.config.hidden_size, hp["rmu_c"], cfg.seed).to(device) if objective == "rmu" else None
-
-    params = md.parameters()
-    if not params:
-        raise UserError("the mask selects no value vectors: nothing to train (check the mask file / ratio)")
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0 if md.masked else cfg.weight_decay)
-
-    # ---- resume
-    start, history, ref_cache = 0, [], {}
+    acc = _accelerator(train_cfg.mixed_precision)
+    plan = _plan(model, tokenizer, forget_rows, retain_rows, objective, train_cfg, mask, hparams, idk,
+                 acc.num_processes)
+    run = _prepare(model, plan, mask, acc)
     if resume:
-        for step, ck in reversed(_checkpoints(out_dir)):
-            try:
-                _verify(ck)
-            except CheckpointError as e:
-                log(f"skipping damaged checkpoint: {e}")
-                continue
-            st = json.loads((ck / "trainer_state.json").read_text())
-            if st.get("run_key") != key:
-                raise CheckpointError(f"{ck} was written by a different run (objective, config, mask or data "
-                                      f"differ); use another out_dir or delete {out_dir}")
-            from safetensors.torch import load_file
-            md.load_state_dict(load_file(str(ck / ("delta.safetensors" if md.masked else "model.safetensors")),
-                                         device=str(device)))
-            _load_opt(opt, load_file(str(ck / "optimizer.safetensors"), device=str(device)), st["param_groups"])
-            start, history = st["step"], st["log"]
-            log(f"resuming {objective} from {ck} (step {start}/{total})")
-            break
-
-    # ---- reference log-probs of the start model, once (SPEC §5); saved so a resumed run reuses them
-    if objective in NEEDS_REF_LOGP:
-        cache_file = out_dir / "ref_logps.safetensors"
-        if resume and start > 0 and cache_file.is_file():
-            from safetensors.torch import load_file
-            ref_cache = load_file(str(cache_file))
-        else:
-            if start > 0:
-                raise CheckpointError(f"{cache_file} is missing: cannot resume {objective} without the start "
-                                      "model's reference log-probs")
-            model.eval()
-            items = {"forget": f_items, "idk": i_items}
-            with acc.autocast():
-                for name in NEEDS_REF_LOGP[objective]:
-                    it = items[name]
-                    ref_cache[name] = sequence_logps(model, (_to(collate(it[s:s + micro], pad), device)
-                                                             for s in range(0, len(it), micro)))
-            if acc.is_main_process:
-                save_safetensors_atomic(ref_cache, cache_file)
-
-    # ---- train
-    ctx = Context(hp=hp, reference=reference, rmu_target=target)
-    ckpts: list[Path] = []
-    quiet = not acc.is_main_process or os.environ.get("LOC_UNLEARN_QUIET") == "1"
-    bar = progress(total=total, initial=start, desc=f"train {objective}", disable=quiet)
-    model.train()
-    step = start
-    perm = pairs = None
-    cur_epoch = -1
-    for step in range(start, total):
-        epoch, j = divmod(step, spe)
-        if epoch != cur_epoch:  # order and pairing depend only on (seed, epoch)
-            perm = torch.randperm(N, generator=_gen(cfg.seed, epoch, 0))
-            pairs = torch.randint(len(r_items), (N,), generator=_gen(cfg.seed, epoch, 1)) if r_items else None
-            cur_epoch = epoch
-        pos = torch.arange(j * cfg.batch_size, min(N, (j + 1) * cfg.batch_size))
-        b = len(pos)
-        mine = pos[rank::P]
-        torch.manual_seed(_gen(cfg.seed, step, rank).initial_seed())  # dropout: same per step on resume
-        lr = lr_at(step, cfg.lr, warmup, total)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        sums: dict[str, torch.Tensor] = {"loss": torch.zeros((), device=device)}
-        for s in range(0, len(mine), micro):
-            p = mine[s:s + micro]
-            ids = perm[p]
-            batch = {"forget": _to(collate([f_items[i] for i in ids], pad), device)}
-            if r_items:
-                batch["retain"] = _to(collate([r_items[i] for i in pairs[p]], pad), device)
-            if i_items:
-                batch["idk"] = _to(collate([i_items[i] for i in ids], pad), device)
-            ctx.ref_logp = {k: v[ids].to(device) for k, v in ref_cache.items()}
-            with acc.autocast():
-                loss, logs = fn(model, batch, ctx)
-            (loss.float().sum() / b).backward()
-            sums["loss"] = sums["loss"] + loss.detach().float().sum()
-            for k, v in logs.items():
-                sums[k] = sums.get(k, torch.zeros((), device=device)) + v.detach().float().sum()
-        names = sorted(sums)
-        stats = torch.stack([sums[k] for k in names])
-        if P > 1:
-            torch.distributed.all_reduce(stats)
-            for q in params:
-                if q.grad is not None:
-                    torch.distributed.all_reduce(q.grad)
-        stats = (stats / b).tolist()
-        rec = {"step": step + 1, "epoch": (step + 1) / spe, "lr": lr, "processes": P, **dict(zip(names, stats))}
-        gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        rec["grad_norm"] = float(gn)
-        if not math.isfinite(rec["loss"]) or not math.isfinite(rec["grad_norm"]):
-            last = ckpts[-1] if ckpts else (_checkpoints(out_dir)[-1][1] if _checkpoints(out_dir) else None)
-            bar.close()
-            raise TrainingDiverged(f"training '{objective}' diverged at step {step + 1}: loss={rec['loss']}, "
-                                   f"grad_norm={rec['grad_norm']}; stopped without applying that step. Last good "
-                                   f"checkpoint: {last or 'none (no checkpoint written yet)'}. Lower train.lr "
-                                   "or change the objective's hyperparameters.")
-        md.apply_weight_decay(lr, cfg.weight_decay)
-        opt.step()
-        fault_point("train_step")
-        opt.zero_grad(set_to_none=True)
-        history.append(rec)
-        bar.update(1)
-        bar.set_postfix(loss=f"{rec['loss']:.4f}")
-        stop = cfg.max_steps and step + 1 >= cfg.max_steps and step + 1 < total
-        if step + 1 in ckpt_steps or stop:
-            if acc.is_main_process:
-                ckpts.append(_save_checkpoint(out_dir, step + 1, md, opt, {
-                    "step": step + 1, "epoch": (step + 1) / spe, "total_steps": total, "run_key": key,
-                    "objective": objective, "hparams": hp, "log": history}))
-            acc.wait_for_everyone()
-        if stop:
-            break
-    bar.close()
-
-    # Trajectory = checkpoints at the planned steps (including ones written before a resume) + where we stopped.
-    last_step = history[-1]["step"] if history else start
-    have = dict(_checkpoints(out_dir))
-    result = [have[s] for s in sorted(ckpt_steps) if s <= last_step and s in have]
-    if last_step in have and have[last_step] not in result:
-        result.append(have[last_step])
-
-    if md.masked:
-        md.merge()
-        md.check_unmasked_unchanged(snap)  # SPEC §6: nothing outside the mask changed, bit for bit
-    else:
-        for q in model.parameters():
-            q.grad = None
-    del frozen
-    model.eval()
-    return TrainResult(checkpoints=result, log=history)
-
-
-def _to(batch: dict, device) -> dict:
-    return {k: v.to(device) for k, v in batch.items()}
+        _resume(run, plan, out_dir)
+    _reference_logps(run, plan, out_dir)
+    _steps(run, plan, out_dir)
+    return _finish(run, plan, out_dir)

@@ -1,4 +1,4 @@
-"""Unlearning objectives (SPEC §5): one small function per method.
+"""Unlearning objectives (SPEC §5): one small function per method, and ONE registry saying what each needs.
 
 Every objective returns PER-EXAMPLE losses `[B]` (and per-example logs). The loop sums them and divides
 by the GLOBAL batch size, so the result does not depend on how a global batch is split into micro
@@ -9,11 +9,16 @@ tokens (answer + eos, SPEC preamble); `logpi` is their SUM.
 The reference policy is the start model: its sequence log-probs on the fixed forget / idk answers are
 computed once before training (`sequence_logps`) and handed over in `ctx.ref_logp`; RMU's reference
 hidden states come from `ctx.reference()` (the delta disabled; a frozen copy in unmasked mode).
+
+A new objective is one function `(model, batch, ctx) -> (loss [B], logs)` plus one `register(...)` entry
+at the bottom of this file declaring its hyperparameter defaults and what the loop must prepare for it
+(`Objective`); the loop reads only those declarations, never method names.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -23,35 +28,70 @@ from ..models.value_vectors import _layers
 from ..registry import Registry
 
 OBJECTIVES = Registry("unlearning method")
+"""name -> Objective."""
 
-# SPEC §5 defaults. gamma/alpha not fixed by the SPEC follow open-unlearning (forget weight 1, retain NLL
-# weight 1). learn_reg's alpha is the injection lambda.
-DEFAULTS: dict[str, dict] = {
-    "ga": {"gamma": 1.0, "alpha": 0.0},
-    "graddiff": {"gamma": 1.0, "alpha": 1.0},
-    "wga": {"gamma": 1.0, "alpha": 1.0, "beta": 1.0},
-    "npo": {"gamma": 1.0, "alpha": 1.0, "beta": 0.1},
-    "simnpo": {"gamma": 0.125, "alpha": 1.0, "beta": 4.5, "delta": 0.0},
-    "dpo": {"gamma": 1.0, "alpha": 1.0, "beta": 0.1},
-    "rmu": {"gamma": 1.0, "alpha": 100.0, "rmu_c": 6.5, "rmu_layer": -1},
-    "learn": {"gamma": 1.0, "alpha": 0.0},
-    "learn_reg": {"gamma": 1.0, "alpha": 1.0},
-}
-KNOWN_HPARAMS = {"gamma", "alpha", "beta", "delta", "rmu_c", "rmu_layer"}
-NEEDS_REF_LOGP = {"npo": ("forget",), "dpo": ("forget", "idk")}
+ANSWER_SETS = ("forget", "idk")
+"""Answer sets whose start-model logpi an objective may ask to have cached (`Objective.ref_logp`)."""
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One registry entry: the loss function and what the training loop must prepare for it."""
+    fn: Callable
+    """(model, batch, ctx) -> (per-example loss [B], {name: per-example log [B]})."""
+    defaults: Mapping[str, float | int]
+    """Its hyperparameters and their defaults; the keys are the hyperparameters it reads (ctx.hp)."""
+    ref_logp: tuple[str, ...] = ()
+    """Answer sets (of ANSWER_SETS) whose start-model logpi are computed once and handed over in ctx.ref_logp."""
+    needs_idk: bool = False
+    """batch["idk"]: one IDK refusal per forget example (the `idk` strings of train())."""
+    needs_reference: bool = False
+    """ctx.reference(): forwards of the start model during training (delta disabled, or a frozen copy)."""
+    always_retain: bool = False
+    """batch["retain"] even when alpha == 0 (otherwise retain pairs are built only if alpha != 0)."""
+    target: Callable[[int, dict, int], torch.Tensor] | None = None
+    """(hidden size, hp, seed) -> a vector fixed for the run, handed over in ctx.rmu_target."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
+        bad = [s for s in self.ref_logp if s not in ANSWER_SETS]
+        if bad or ("idk" in self.ref_logp and not self.needs_idk):
+            raise ValueError(f"Objective.ref_logp={self.ref_logp}: sets must be in {ANSWER_SETS}, idk needs needs_idk")
+
+    def __call__(self, model, batch, ctx):
+        return self.fn(model, batch, ctx)
+
+    def needs_retain(self, hp: dict) -> bool:
+        return self.always_retain or hp["alpha"] != 0
+
+
+def register(name: str, fn: Callable, defaults: dict, **needs) -> Objective:
+    """Add `name` to OBJECTIVES (see Objective for `needs`)."""
+    return OBJECTIVES.register(name)(Objective(fn, defaults, **needs))
+
+
+def known_hparams() -> set[str]:
+    """Every hyperparameter name some registered objective reads."""
+    return {k for o in OBJECTIVES.values() for k in o.defaults}
+
+
+def hparams_from(section) -> dict:
+    """The hyperparameters set in a config section (e.g. UnlearnConfig): its non-None attributes named like
+    a known hyperparameter. The rest keeps each method's default (resolve_hparams)."""
+    return {k: getattr(section, k) for k in sorted(known_hparams()) if getattr(section, k, None) is not None}
 
 
 def resolve_hparams(method: str, hparams: dict | None, n_layers: int) -> dict:
-    """The method's DEFAULTS overridden by the non-None entries of `hparams`. Keys the method does not
+    """The method's defaults overridden by the non-None entries of `hparams`. Keys the method does not
     use are ignored (one config serves every method); unknown keys are an error."""
-    OBJECTIVES.get(method)  # unknown method -> error listing the known ones
-    hp = dict(DEFAULTS[method])
+    hp = dict(OBJECTIVES.get(method).defaults)  # unknown method -> error listing the known ones
+    known = known_hparams()
     for k, v in (hparams or {}).items():
-        if k not in KNOWN_HPARAMS:
-            raise ConfigError(f"unknown unlearning hyperparameter {k!r}; known: {', '.join(sorted(KNOWN_HPARAMS))}")
+        if k not in known:
+            raise ConfigError(f"unknown unlearning hyperparameter {k!r}; known: {', '.join(sorted(known))}")
         if v is not None and k in hp:
-            hp[k] = float(v) if k != "rmu_layer" else int(v)
-    if method == "rmu":
+            hp[k] = type(hp[k])(v)  # int for layer indices, float otherwise (the default's type)
+    if "rmu_layer" in hp:
         # SPEC §5: layer 7 of a 32-layer model, scaled to depth; -1 = that default.
         l = hp["rmu_layer"] if hp["rmu_layer"] >= 0 else round(7 / 32 * n_layers)
         if hp["rmu_layer"] >= n_layers:
@@ -122,17 +162,11 @@ def _combine(model, batch, ctx, lf: torch.Tensor, logs: dict, retain_fn=None):
 # ----------------------------------------------------------------------------- objectives
 
 
-@OBJECTIVES.register("ga")
-def ga(model, batch, ctx):
+def ascent(model, batch, ctx):
+    """Gradient ascent on the forget NLL (ga; graddiff = the same with a retain NLL term)."""
     return _combine(model, batch, ctx, -nll_avg(model, batch["forget"]), {})
 
 
-@OBJECTIVES.register("graddiff")
-def graddiff(model, batch, ctx):
-    return _combine(model, batch, ctx, -nll_avg(model, batch["forget"]), {})
-
-
-@OBJECTIVES.register("wga")
 def wga(model, batch, ctx):
     lp, valid = token_logps(model, batch["forget"])
     w = torch.exp(ctx.hp["beta"] * lp).detach()  # p_t^beta, a weight, not differentiated
@@ -140,7 +174,6 @@ def wga(model, batch, ctx):
     return _combine(model, batch, ctx, lf, {})
 
 
-@OBJECTIVES.register("npo")
 def npo(model, batch, ctx):
     beta = ctx.hp["beta"]
     lp, _ = seq_logp(model, batch["forget"])
@@ -149,14 +182,12 @@ def npo(model, batch, ctx):
     return _combine(model, batch, ctx, lf, {"log_ratio": ratio.detach()})
 
 
-@OBJECTIVES.register("simnpo")
 def simnpo(model, batch, ctx):
     beta, delta = ctx.hp["beta"], ctx.hp["delta"]
     lf = -(2 / beta) * F.logsigmoid(beta * (nll_avg(model, batch["forget"]) - delta))
     return _combine(model, batch, ctx, lf, {})
 
 
-@OBJECTIVES.register("dpo")
 def dpo(model, batch, ctx):
     beta = ctx.hp["beta"]
     lp_f, _ = seq_logp(model, batch["forget"])
@@ -166,13 +197,8 @@ def dpo(model, batch, ctx):
     return _combine(model, batch, ctx, lf, {"margin": margin.detach()})
 
 
-@OBJECTIVES.register("learn")
 def learn(model, batch, ctx):
-    return _combine(model, batch, ctx, nll_avg(model, batch["forget"]), {})
-
-
-@OBJECTIVES.register("learn_reg")
-def learn_reg(model, batch, ctx):
+    """Plain NLL descent on the training rows (learn; learn_reg = with a retain NLL term)."""
     return _combine(model, batch, ctx, nll_avg(model, batch["forget"]), {})
 
 
@@ -206,7 +232,6 @@ def _token_mse(x: torch.Tensor, target: torch.Tensor, attn: torch.Tensor) -> tor
     return (se * m).sum(-1) / m.sum(-1).clamp_min(1)
 
 
-@OBJECTIVES.register("rmu")
 def rmu(model, batch, ctx):
     l = ctx.hp["rmu_layer"]
     f = batch["forget"]
@@ -226,3 +251,22 @@ def rmu_target(d: int, c: float, seed: int) -> torch.Tensor:
     u = torch.rand(d, generator=torch.Generator().manual_seed(seed))
     return c * u / u.norm()
 
+
+# ----------------------------------------------------------------------------- the registry
+# SPEC §5 defaults. gamma/alpha not fixed by the SPEC follow open-unlearning (forget weight 1, retain NLL
+# weight 1). learn_reg's alpha is the injection lambda.
+
+register("ga", ascent, {"gamma": 1.0, "alpha": 0.0})
+register("graddiff", ascent, {"gamma": 1.0, "alpha": 1.0})
+register("wga", wga, {"gamma": 1.0, "alpha": 1.0, "beta": 1.0})
+register("npo", npo, {"gamma": 1.0, "alpha": 1.0, "beta": 0.1}, ref_logp=("forget",))
+register("simnpo", simnpo, {"gamma": 0.125, "alpha": 1.0, "beta": 4.5, "delta": 0.0})
+register("dpo", dpo, {"gamma": 1.0, "alpha": 1.0, "beta": 0.1}, ref_logp=("forget", "idk"), needs_idk=True)
+register("rmu", rmu, {"gamma": 1.0, "alpha": 100.0, "rmu_c": 6.5, "rmu_layer": -1}, needs_reference=True,
+         always_retain=True, target=lambda d, hp, seed: rmu_target(d, hp["rmu_c"], seed))
+register("learn", learn, {"gamma": 1.0, "alpha": 0.0})
+register("learn_reg", learn, {"gamma": 1.0, "alpha": 1.0})
+
+# Derived views kept for existing imports (resolve_hparams reads the registry itself).
+DEFAULTS: dict[str, dict] = {n: dict(o.defaults) for n, o in OBJECTIVES.items()}
+KNOWN_HPARAMS = known_hparams()

@@ -5,10 +5,11 @@ token counts once): positions t whose next token t+1 is an answer token (metric_
 """
 import torch
 
+from ...data.formatting import pad_id
 from ...models.value_vectors import capture_down_inputs, shape, value_matrix
-from ...utils import progress
+from ...utils import eval_mode, progress
 from . import LOCALIZERS
-from .gradient import batches, device_of, encode_rows, pad_id
+from .gradient import batches, device_of, encode_rows
 
 
 def mean_answer_activations(model, tokenizer, rows, batch_size: int, max_length: int) -> torch.Tensor:
@@ -17,20 +18,15 @@ def mean_answer_activations(model, tokenizer, rows, batch_size: int, max_length:
     total = torch.zeros(L, d_ff, dtype=torch.float64)
     n = 0
     items = encode_rows(tokenizer, rows, max_length)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), capture_down_inputs(model) as acts:
-            bs = list(batches(items, batch_size, pad_id(tokenizer), device_of(model)))
-            for b in progress(bs, desc="activation: forget", leave=False):
-                model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
-                pos = b["metric_mask"][:, 1:]  # logit/activation at t predicts token t+1
-                for l in range(L):
-                    a = acts[l].pop()[:, :-1]
-                    total[l] += a[pos].double().sum(0).cpu()
-                n += int(pos.sum())
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad(), capture_down_inputs(model) as acts:
+        bs = list(batches(items, batch_size, pad_id(tokenizer), device_of(model)))
+        for b in progress(bs, desc="activation: forget", leave=False):
+            model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+            pos = b["metric_mask"][:, 1:]  # logit/activation at t predicts token t+1
+            for l in range(L):
+                a = acts[l].pop()[:, :-1]
+                total[l] += a[pos].double().sum(0).cpu()
+            n += int(pos.sum())
     if n == 0:
         raise ValueError("activation localization: the forget rows have no answer tokens")
     return total / n

@@ -10,18 +10,10 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from ...data.formatting import collate, encode_rows, length_batches
+from ...data.formatting import collate, encode_rows, length_batches, pad_id  # noqa: F401  (pad_id: memflex, wagle)
 from ...models.value_vectors import down_proj_weight_param, shape
-from ...utils import progress
+from ...utils import eval_mode, progress
 from . import LOCALIZERS
-
-
-def pad_id(tokenizer) -> int:
-    # The attention mask comes from lengths (collate), so the pad id only needs to be a valid token.
-    for t in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if t is not None:
-            return int(t)
-    return 0
 
 
 def batches(items: list[dict], batch_size: int, pad: int, device):
@@ -52,20 +44,18 @@ def only_down_grads(model):
     ws = [down_proj_weight_param(model, l)[0] for l in range(L)]
     flags = {p: p.requires_grad for p in model.parameters()}
     old_grads = {p: p.grad for p in model.parameters()}
-    was_training = model.training
-    model.eval()  # no dropout: scores are deterministic
-    for p in model.parameters():
-        p.requires_grad_(False)
-        p.grad = None
-    for w in ws:
-        w.requires_grad_(True)
-    try:
-        yield ws
-    finally:
-        for p, f in flags.items():
-            p.requires_grad_(f)
-            p.grad = old_grads[p]
-        model.train(was_training)
+    with eval_mode(model):  # no dropout: scores are deterministic
+        for p in model.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+        for w in ws:
+            w.requires_grad_(True)
+        try:
+            yield ws
+        finally:
+            for p, f in flags.items():
+                p.requires_grad_(f)
+                p.grad = old_grads[p]
 
 
 def down_grads(model, items: list[dict], batch_size: int, pad: int, desc: str = "gradients") -> list[torch.Tensor]:
