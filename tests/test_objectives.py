@@ -88,9 +88,10 @@ def direct_loss(name, hp, model, ref, f, r, i, target):
              - (lp_f.sum() - direct_token_logps(ref, f).sum())).item()
         lf = -(2 / b) * math.log(sig(b * z))
     elif name == "rmu":
-        l = hp["rmu_layer"]
-        lf = ((direct_hidden(model, f, l) - target.double()) ** 2).mean()
-        nll_r = ((direct_hidden(model, r, l) - direct_hidden(ref, r, l)) ** 2).mean()
+        l = hp["rmu_layer"]  # answer positions only (answer tokens + eos: labels != -100), SPEC preamble
+        tf, tr = torch.tensor(f["labels"]) != -100, torch.tensor(r["labels"]) != -100
+        lf = ((direct_hidden(model, f, l) - target.double()) ** 2)[tf].mean()
+        nll_r = ((direct_hidden(model, r, l) - direct_hidden(ref, r, l)) ** 2)[tr].mean()
     return float(hp["gamma"] * lf + hp["alpha"] * nll_r)
 
 

@@ -79,13 +79,14 @@ def lr_at(step: int, peak: float, warmup: int, total: int) -> float:
     return peak * max(0.0, min(up, down, 1.0))
 
 
-def _run_key(objective, hp, cfg: TrainConfig, mask, forget_items, retain_items, idk_items) -> str:
+def _run_key(objective, hp, cfg: TrainConfig, mask, forget_items, retain_items, idk_items, revision: int = 0) -> str:
     """What a checkpoint must match to be resumed (max_steps excluded: it only stops early)."""
     c = asdict(cfg)
     c.pop("max_steps")
     m = "" if mask is None else sha256_json(mask.nonzero().tolist())
+    rev = {"revision": revision} if revision else {}  # absent at 0: keys of unrevised objectives unchanged
     return sha256_json({"objective": objective, "hp": hp, "cfg": c, "mask": m, "forget": forget_items,
-                        "retain": retain_items, "idk": idk_items})
+                        "retain": retain_items, "idk": idk_items, **rev})
 
 
 def _to(batch: dict, device) -> dict:
@@ -154,10 +155,11 @@ def _plan(model, tokenizer, forget_rows, retain_rows, name: str, cfg: TrainConfi
     total = max(1, math.ceil(cfg.epochs * spe))
     every = cfg.checkpoint_every * spe
     ckpt_steps = {round(k * every) for k in range(1, int(total / every) + 2)} if every > 0 else set()
+    key = _run_key(name, hp, cfg, mask, items["forget"], items["retain"], items["idk"], obj.revision)
     return _Plan(name=name, obj=obj, cfg=cfg, hp=hp, items=items, pad=pad_id(tokenizer),
                  micro=cfg.micro_batch_size or math.ceil(cfg.batch_size / processes), spe=spe, total=total,
                  warmup=round(cfg.warmup_epochs * spe), ckpt_steps={s for s in ckpt_steps if 0 < s < total} | {total},
-                 key=_run_key(name, hp, cfg, mask, items["forget"], items["retain"], items["idk"]))
+                 key=key)
 
 
 # ----------------------------------------------------------------------------- prepare: trainable state

@@ -138,12 +138,13 @@ class MaskedDelta:
     def apply_weight_decay(self, lr: float, weight_decay: float) -> None:
         """Decoupled decay of the EFFECTIVE masked weights, p <- p (1 - lr wd) with p = W0[:, idx] + delta,
         i.e. delta -= lr wd (W0[:, idx] + delta), exactly what AdamW does to those columns before its
-        update. Call before `optimizer.step()` with AdamW(weight_decay=0). Nothing outside the mask decays.
-        In unmasked mode this is a no-op (use AdamW's own weight_decay there)."""
+        update. Call before `optimizer.step()` with AdamW(weight_decay=0). Nothing outside the mask decays,
+        and, like AdamW, a delta whose grad is None (its layer took no part in the loss, e.g. the layers after
+        RMU's steering layer) is skipped. In unmasked mode this is a no-op (use AdamW's own weight_decay)."""
         if not self.masked or lr * weight_decay == 0:
             return
         for l, d in enumerate(self.deltas):
-            if d.numel():
+            if d.numel() and d.grad is not None:
                 w0 = self._vm(l)[:, self.idx[l]].float()
                 d.sub_(lr * weight_decay * (w0 + d))
 

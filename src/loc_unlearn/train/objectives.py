@@ -51,6 +51,9 @@ class Objective:
     """batch["retain"] even when alpha == 0 (otherwise retain pairs are built only if alpha != 0)."""
     target: Callable[[int, dict, int], torch.Tensor] | None = None
     """(hidden size, hp, seed) -> a vector fixed for the run, handed over in ctx.rmu_target."""
+    revision: int = 0
+    """Bumped when `fn` changes its numbers: part of the resume key, so a checkpoint written by the old loss
+    is refused instead of continued with the new one (0 = not in the key)."""
 
     def __post_init__(self):
         object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
@@ -225,23 +228,25 @@ def layer_output(model, b: dict, layer: int) -> torch.Tensor:
     return got["h"]
 
 
-def _token_mse(x: torch.Tensor, target: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-    """Per example: mean over its real (non-pad) tokens of the mean over d of (x - target)^2."""
+def _token_mse(x: torch.Tensor, target: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per example: mean over its trained positions (labels != -100: answer tokens + eos, the positions every
+    other objective's loss covers; SPEC preamble) of the mean over d of (x - target)^2. Prompt and padding
+    positions do not count."""
     se = (x.float() - target.float()).pow(2).mean(-1)
-    m = attn.to(se.dtype)
+    m = (labels != -100).to(se.dtype)
     return (se * m).sum(-1) / m.sum(-1).clamp_min(1)
 
 
 def rmu(model, batch, ctx):
     l = ctx.hp["rmu_layer"]
     f = batch["forget"]
-    lf = _token_mse(layer_output(model, f, l), ctx.rmu_target.expand(1, 1, -1), f["attention_mask"])
+    lf = _token_mse(layer_output(model, f, l), ctx.rmu_target.expand(1, 1, -1), f["labels"])
 
     def retain():
         r = batch["retain"]
         with torch.no_grad(), ctx.reference() as ref:
             h_ref = layer_output(ref, r, l)
-        return _token_mse(layer_output(model, r, l), h_ref, r["attention_mask"])
+        return _token_mse(layer_output(model, r, l), h_ref, r["labels"])
 
     return _combine(model, batch, ctx, lf, {}, retain_fn=retain)
 
@@ -263,7 +268,8 @@ register("npo", npo, {"gamma": 1.0, "alpha": 1.0, "beta": 0.1}, ref_logp=("forge
 register("simnpo", simnpo, {"gamma": 0.125, "alpha": 1.0, "beta": 4.5, "delta": 0.0})
 register("dpo", dpo, {"gamma": 1.0, "alpha": 1.0, "beta": 0.1}, ref_logp=("forget", "idk"), needs_idk=True)
 register("rmu", rmu, {"gamma": 1.0, "alpha": 100.0, "rmu_c": 6.5, "rmu_layer": -1}, needs_reference=True,
-         always_retain=True, target=lambda d, hp, seed: rmu_target(d, hp["rmu_c"], seed))
+         always_retain=True, target=lambda d, hp, seed: rmu_target(d, hp["rmu_c"], seed),
+         revision=1)  # 1: MSE over answer positions only (was every real token)
 register("learn", learn, {"gamma": 1.0, "alpha": 0.0})
 register("learn_reg", learn, {"gamma": 1.0, "alpha": 1.0})
 
