@@ -8,11 +8,15 @@ import pytest
 from scipy import stats
 
 from loc_unlearn.errors import UserError
-from loc_unlearn.report import build_report, cmd_report
+from loc_unlearn.evaluate.stats import min_detectable_difference
+from loc_unlearn.report import build_report, cmd_report, plots
 
 METHODS = ("npo", "wga")
 SEEDS = (0, 1)
 L = 4
+CONFIG = {"study": {"seeds": 2}, "model": {"preset": "tiny", "path": "", "dtype": "float32",
+                                           "tiny": {"n_layers": L, "d_ff": 64, "hidden": 32}},
+          "data": {"source": "synthetic", "n_authors": 20, "qa_per_author": 20, "forget_split": "forget10"}}
 
 
 def _trajectory(rng, start_fs, k=5):
@@ -23,12 +27,12 @@ def _trajectory(rng, start_fs, k=5):
         for i, (f, r) in enumerate(zip(fs, rs))]
 
 
-def _controlled(optional: bool) -> dict:
+def _controlled(optional: bool, seeds=SEEDS) -> dict:
     rng = np.random.default_rng(0)
     runs = []
     for m in METHODS:
         for reg in ("oracle", "random"):
-            for s in SEEDS:
+            for s in seeds:
                 runs.append({"method": m, "region": reg, "seed": s, "aues": float(rng.uniform(0.4, 0.7)),
                              "mu95": float(rng.uniform(-6, -1)), "mu95_not_reached": bool(m == "wga" and s == 1),
                              "trajectory": _trajectory(rng, 0.05), "run_dir": f"runs/unlearn-{m}-{reg}-{s}",
@@ -39,17 +43,18 @@ def _controlled(optional: bool) -> dict:
             a = [r[metric] for r in runs if r["method"] == m and r["region"] == "oracle"]
             b = [r[metric] for r in runs if r["method"] == m and r["region"] == "random"]
             d = np.subtract(a, b)
-            tests.append({"method": m, "metric": metric, "n": 2, "oracle_mean": 0.0, "oracle_std": 0.0,  # wrong on purpose:
-                          "random_mean": 0.0, "random_std": 0.0,  # the report must use the runs themselves
-                          "mean_diff": float(d.mean()), "p_t": float(stats.ttest_rel(a, b).pvalue),
+            tests.append({"method": m, "metric": metric, "n": len(seeds), "oracle_mean": 0.0, "oracle_std": 0.0,  # wrong
+                          "random_mean": 0.0, "random_std": 0.0,  # on purpose: the report must use the runs themselves
+                          "mean_diff": float(d.mean()),
+                          "p_t": float(stats.ttest_rel(a, b).pvalue) if len(seeds) > 1 else float("nan"),
                           "p_wilcoxon": 0.5, "ci_low": float(d.min()), "ci_high": float(d.max()),
                           "notes": ["bootstrap CI from n=2 pairs is not meaningful"]})
-    res = {"study": "controlled", "preset": "tiny", "config": {"study": {"seeds": 2}}, "created": "2025-01-01T00:00:00",
+    res = {"study": "controlled", "preset": "tiny", "config": CONFIG, "created": "2025-01-01T00:00:00",
            "elapsed_s": 12.5, "ratio": 0.1, "runs": runs, "tests": tests,
            "injection": [{"seed": s, "forget_es": 0.93, "target_es": 0.85, "full_ft_es": 0.95, "reached": s == 0}
-                         for s in SEEDS],
+                         for s in seeds],
            "masks": [{"seed": s, "name": n, "per_layer_counts": rng.integers(0, 20, L).tolist()}
-                     for s in SEEDS for n in ("oracle", "random")]}
+                     for s in seeds for n in ("oracle", "random")]}
     if optional:
         res["localization_check"] = [{"seed": 0, "method": lm, "precision": p, "recall": p,
                                       "per_layer_counts": rng.integers(0, 20, L).tolist()}
@@ -112,7 +117,17 @@ def test_controlled_report(tmp_path, optional):
                 flagged = any(r["mu95_not_reached"] for r in res["runs"] if r["method"] == m and r["region"] == reg)
                 assert row[col].endswith("†") == (metric == "mu95" and flagged)
             t = next(t for t in res["tests"] if t["method"] == m and t["metric"] == metric)
-            assert row[4] == f"{t['p_t']:.3f}" and row[6] == f"[{t['ci_low']:.{nd}f}, {t['ci_high']:.{nd}f}]"
+            assert row[6] == f"{t['p_t']:.3f}" and row[5] == f"[{t['ci_low']:.{nd}f}, {t['ci_high']:.{nd}f}]"
+            # the t interval and the MDD (absent from these old-style entries) are recomputed from the runs
+            a = [r[metric] for r in res["runs"] if r["method"] == m and r["region"] == "oracle"]
+            b = [r[metric] for r in res["runs"] if r["method"] == m and r["region"] == "random"]
+            ci = stats.ttest_rel(a, b).confidence_interval()
+            assert row[4] == f"[{ci.low:.{nd}f}, {ci.high:.{nd}f}]"
+            sd = np.std(np.subtract(a, b), ddof=1)
+            assert row[8] == f"{min_detectable_difference(sd, 2):.{nd}f} (n=2, sd {sd:.{nd}f})"
+            assert row[7].startswith("0.500 (min ")  # Wilcoxon cannot reach 0.05 with 2 pairs: its floor is shown
+            if metric == "mu95":  # wga seed 1 is censored in both regions
+                assert row[10] == ("1 / 1" if m == "wga" else "0 / 0")
 
     # the headline: one line per method with Oracle vs Random AUES and the p-value, before any table
     head = md.split("## Headline", 1)[1].split("\n## ", 1)[0]
@@ -153,7 +168,7 @@ def test_missing_tests_entries_are_recomputed(tmp_path):
     for m in METHODS:
         a = [r["aues"] for r in res["runs"] if r["method"] == m and r["region"] == "oracle"]
         b = [r["aues"] for r in res["runs"] if r["method"] == m and r["region"] == "random"]
-        assert _row(md, m, "| method | AUES Oracle")[4] == f"{stats.ttest_rel(a, b).pvalue:.3f}"
+        assert _row(md, m, "| method | AUES Oracle")[6] == f"{stats.ttest_rel(a, b).pvalue:.3f}"
 
 
 def test_localization_report(tmp_path):
@@ -214,3 +229,157 @@ def test_cli_report(tmp_path, capsys):
     assert str(d / "report.html") in capsys.readouterr().out
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- one seed, setup, glossary
+
+
+def _one_seed(tmp_path):
+    """A study with one seed, its `tests` written by the study's own paired_tests (NaN p, NaN std)."""
+    from loc_unlearn.studies.controlled import paired_tests
+
+    res = _controlled(True, seeds=(0,))
+    res["tests"] = paired_tests(res["runs"], list(METHODS))
+    res["injection"] = res["injection"][:1]
+    return res, _write(tmp_path, res)
+
+
+def test_one_seed_report_prints_no_nan_and_no_zero_std(tmp_path):
+    res, d = _one_seed(tmp_path)
+    out = build_report(d)
+    for text in (out["md"].read_text(), out["html"].read_text().split("<details>")[0]):
+        assert not re.search(r"\bnan\b", text, re.I)
+        assert "± 0.000" not in text and "± n/a" not in text
+        assert "n/a (1 seed)" in text
+    row = _row(out["md"].read_text(), "npo", "| method | AUES Oracle")
+    a = next(r["aues"] for r in res["runs"] if r["method"] == "npo" and r["region"] == "oracle")
+    assert row[1] == f"{a:.3f}" and row[4:9] == ["n/a (1 seed)"] * 5
+
+
+def test_one_seed_cli_summary(tmp_path, capsys):
+    from loc_unlearn.studies.controlled import print_summary
+
+    res, d = _one_seed(tmp_path)
+    res["elapsed_s"] = 1.0
+    print_summary(d)
+    out = capsys.readouterr().out
+    assert not re.search(r"\bnan\b", out, re.I) and "±" not in out
+    assert "n/a (1 seed)" in out and "(1 seed, preset tiny)" in out
+
+
+def test_cli_summary_several_seeds_shows_mdd_and_censoring(tmp_path, capsys):
+    from loc_unlearn.studies.controlled import paired_tests, print_summary
+
+    res = _controlled(False)
+    res["tests"] = paired_tests(res["runs"], list(METHODS))
+    print_summary(_write(tmp_path, res))
+    out = capsys.readouterr().out
+    t = next(t for t in res["tests"] if t["method"] == "npo" and t["metric"] == "aues")
+    line = next(ln for ln in out.splitlines() if ln.startswith("npo") and "aues" in ln)
+    assert f"{t['p_t']:.3f}" in line and f"{t['mdd']:.3f} (n=2, sd {t['sd_diff']:.3f})" in line and "±" in line
+    assert "MU95 censored" in out and "wga oracle 1/2, random 1/2" in out
+    assert t["n_censored"] == {"oracle": 0, "random": 0}
+
+
+def test_setup_table_and_glossary(tmp_path):
+    res = _controlled(False)
+    md = build_report(_write(tmp_path, res, "from_config"))["md"].read_text()
+    assert md.index("## Setup") < md.index("## AUES: Oracle vs Random")
+    setup = md.split("## Setup", 1)[1].split("\n## ", 1)[0]
+    for cells in (("layers L", "4"), ("MLP width d_ff", "64"), ("forget split", "forget10 (40 QA pairs)"),
+                  ("authors", "20"), ("seeds", "2 (0, 1)"), ("parameters", "not recorded")):
+        assert f"| {cells[0]} | {cells[1]} |" in setup
+    glossary = md.split("## Glossary", 1)[1].split("\n## ", 1)[0]
+    for term, sec in (("AUES", "§4"), ("ES", "§2"), ("FS", "§2"), ("RS", "§2"), ("MU95", "§4"), ("FQ", "§3"),
+                      ("MU", "§3"), ("MDD", "§11")):
+        line = next(ln for ln in glossary.splitlines() if ln.startswith(f"**{term}**:"))
+        assert f"SPEC {sec}" in line
+    # a recorded setup wins over the config
+    res["setup"] = {"model": "meta-llama/Llama-3.1-8B-Instruct", "n_params": 8030261248, "n_layers": 32, "d_ff": 14336,
+                    "hidden": 4096, "architecture": "llama", "n_forget": 400, "n_retain": 3600, "n_authors": None}
+    html = build_report(_write(tmp_path, res, "recorded"))["html"].read_text()
+    setup = html.split("<h2>Setup</h2>", 1)[1].split("<h2>", 1)[0]
+    for text in ("meta-llama/Llama-3.1-8B-Instruct", "8.03B (8,030,261,248)", "<td>14336</td>", "458,752",
+                 "forget10 (400 QA pairs)"):
+        assert text in setup
+    assert "<details>" in html.split("<h2>Setup</h2>", 1)[1]  # the collapsed config is still there too
+
+
+def test_setup_info_reads_scale_without_loading_weights(tmp_path, tiny_model_dir):
+    from loc_unlearn.config import build_config
+    from loc_unlearn.models.load import load_model
+    from loc_unlearn.report import setup_info
+
+    cfg = build_config(overrides=[f"runs_dir={tmp_path}", "data.n_authors=10", "data.qa_per_author=6",
+                                  "data.n_real_authors=8", "data.n_world_facts=8"])
+    info = setup_info(cfg, tiny_model_dir)
+    model, _ = load_model(str(tiny_model_dir))
+    assert info["n_params"] == sum(p.numel() for p in model.parameters())
+    assert (info["n_layers"], info["d_ff"], info["hidden"], info["architecture"]) == (2, 64, 32, "llama")
+    assert (info["n_forget"], info["n_retain"], info["n_authors"]) == (6, 54, 10)  # 1 of 10 authors x 6 QA
+    assert "note" not in info
+    bad = setup_info(cfg, tmp_path / "no-model")
+    assert "model scale not read" in bad["note"] and bad["n_forget"] == 6
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _errorbar_containers(fig):
+    from matplotlib.container import ErrorbarContainer
+
+    return [c for ax in fig.axes for c in ax.containers if isinstance(c, ErrorbarContainer)]
+
+
+def _line_colors(ax):
+    from matplotlib.colors import to_hex
+
+    return [to_hex(ln.get_color()) for ln in ax.get_lines() if not ln.get_label().startswith("_")]
+
+
+def test_output_fit_plot_has_integer_layer_ticks():
+    fig = plots.output_fit_residuals(_controlled(True))
+    ticks = fig.axes[0].get_xticks()
+    assert len(ticks) and all(float(t).is_integer() for t in ticks)
+    assert sorted(int(t) for t in ticks) == list(range(L))
+
+
+def test_single_seed_plots_have_no_error_bars():
+    res = _controlled(True, seeds=(0,))
+    for fig in (plots.aues_bars(res), plots.localization_check(res)):
+        assert not _errorbar_containers(fig)
+    assert _errorbar_containers(plots.aues_bars(_controlled(True)))  # 2 seeds: they are drawn
+
+
+def test_p_labels_sit_above_the_error_bars():
+    res = _controlled(False)
+    fig = plots.aues_bars(res)
+    ax = fig.axes[1]
+    (eb,) = [c for c in ax.containers if c in _errorbar_containers(fig)]
+    segs = eb.lines[2][0].get_segments()
+    labels = [t for t in ax.texts if t.get_text().startswith("p=")]
+    assert len(labels) == len(segs) == len(METHODS)
+    for seg, lab in zip(sorted(segs, key=lambda s: s[0][0]), sorted(labels, key=lambda t: t.xy[0])):
+        top = max(seg[0][1], seg[1][1])
+        assert lab.xy[1] >= top - 1e-12 and lab.get_va() == "bottom" and lab.xyann[1] > 0
+        assert lab.xy[1] + 0.01 < ax.get_ylim()[1]  # and inside the axes
+
+
+def test_random_series_get_distinct_colours():
+    res = _controlled(True)
+    res["localization_check"].append({"seed": 0, "method": "random", "precision": 0.1, "recall": 0.1,
+                                      "per_layer_counts": [5] * L})
+    ax = plots.mask_layers(res).axes[0]
+    colors = _line_colors(ax)
+    assert len(colors) == 5 and len(set(colors)) == 5  # oracle, random region, activation, gradient, random localizer
+    # localization study with layer-matched controls: 9 localizers, 9 colours, in both plots
+    rng = np.random.default_rng(2)
+    locs = ["random", "activation", "memflex", "wagle", "gradient"] + [f"random~{x}" for x in
+                                                                       ("activation", "memflex", "wagle", "gradient")]
+    loc_res = {"study": "localization", "ratio": 0.1,
+               "runs": [{"localizer": lc, "method": "npo", "aues": 0.5, "mu95": -3.0, "trajectory": _trajectory(rng, 0.1)}
+                        for lc in locs],
+               "masks": [{"localizer": lc, "per_layer_counts": [3] * L} for lc in locs]}
+    for fig in (plots.mask_layers(loc_res), plots.trajectories(loc_res)):
+        colors = _line_colors(fig.axes[0])
+        assert len(colors) == len(locs) == len(set(colors))

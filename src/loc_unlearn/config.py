@@ -240,7 +240,7 @@ class UnlearnConfig:
 @dataclass
 class LocalizeConfig:
     method: str = "random"
-    """random | random_complement | activation | memflex | wagle | gradient (SPEC §6)."""
+    """random | random_complement | random_layer_matched | activation | memflex | wagle | gradient | norm (SPEC §6)."""
     ratio: float = 0.1
     """Fraction of value vectors selected."""
     scope: Literal["global", "per_layer"] = "global"
@@ -261,6 +261,8 @@ class LocalizeConfig:
     """Truncate prompt+answer to this many tokens when scoring."""
     compare: list[str] = field(default_factory=list)
     """Masks to report overlap / precision / recall against."""
+    reference: str = ""
+    """norm: a reference model folder (e.g. theta_r); scores become ||v - v_ref||_2 instead of ||v||_2."""
 
     def validate(self, where: str = "localize") -> None:
         check_name(f"{where}.method", self.method, "localization method")

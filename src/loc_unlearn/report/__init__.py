@@ -20,6 +20,49 @@ STUDIES = ("controlled", "localization")
 _NUM = (int, float)
 
 
+def setup_info(cfg, model_dir) -> dict:
+    """Model and data scale of a study for results.json `setup` (the report's Setup table).
+
+    Architecture, L, d_ff, hidden and the parameter count come from `model_dir`'s config.json, built on
+    the meta device (no weights are read, so this is instant for an 8B model too); forget/retain sizes
+    from the study's data. Anything unreadable is left out with a `note`, never an exception: the
+    report must still be written.
+    """
+    import torch
+
+    from .. import stages
+    from ..models.value_vectors import fingerprint
+
+    m = cfg.model
+    info: dict = {"model": (m.path + (f" ({m.gguf_file})" if m.gguf_file else "")) if m.path
+                  else tables.PRESET_MODELS.get(m.preset, f"{m.preset} preset base model")}
+    notes = []
+    try:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        hf = AutoConfig.from_pretrained(str(model_dir))
+        with torch.device("meta"):
+            meta_model = AutoModelForCausalLM.from_config(hf)
+        fp = fingerprint(meta_model)
+        info.update(architecture=fp["architecture"], n_layers=fp["n_layers"], d_ff=fp["d_ff"], hidden=fp["hidden"],
+                    n_params=int(sum(p.numel() for p in meta_model.parameters())))
+    except Exception as e:  # noqa: BLE001 - a report field, not a reason to fail the study
+        notes.append(f"model scale not read from {model_dir}: {type(e).__name__}: {e}"[:300])
+    try:
+        info["forget_split"] = cfg.data.forget_split
+        data = stages.data_source(cfg)
+        info["retain_split"] = data.retain_split
+        info["n_forget"] = len(data.forget_rows())
+        info["n_retain"] = len(data.retain_rows())
+        if cfg.data.source == "synthetic":
+            info["n_authors"] = cfg.data.n_authors
+    except Exception as e:  # noqa: BLE001
+        notes.append(f"data sizes not read: {type(e).__name__}: {e}"[:300])
+    if notes:
+        info["note"] = "; ".join(notes)
+    return info
+
+
 def _need(obj: dict, key: str, types, where: str, path: Path):
     if not isinstance(obj, dict) or key not in obj:
         raise UserError(f"{path}: {where} lacks field {key!r} (see the results.json schema in docs/contracts.md)")
@@ -86,6 +129,8 @@ def load_results(study_dir: str | Path) -> dict:
         _need(r, "precision", _NUM, f"localization_check[{i}]", path)
         _need(r, "recall", _NUM, f"localization_check[{i}]", path)
     _list_of_dicts(res, "tests", path, required=False)
+    if "setup" in res:
+        _need(res, "setup", dict, "results", path)
     if "output_fit" in res:
         of = _need(res, "output_fit", dict, "results", path)
         for i, r in enumerate(of.get("per_layer") or []):
@@ -103,11 +148,19 @@ def _plot(fig, name: str, caption: str, made: list) -> list:
     return [p]
 
 
+def _setup_section(res: dict) -> list[tuple[str, list]]:
+    t = tables.setup_table(res)
+    return [("Setup", [t])] if t else []
+
+
 def controlled_sections(res: dict, made: list) -> list[tuple[str, list]]:
     s = [("AUES: Oracle vs Random", [
             tables.comparison_table(res, "aues"),
             *_plot(plots.aues_bars(res), "aues_oracle_vs_random.png",
-                   "AUES per method: Oracle (injected region) vs Random (disjoint region), and their difference.", made)]),
+                   "AUES per method: Oracle (injected region) vs Random (disjoint region), error bars = std over "
+                   "seeds; right: their difference with its 95% t interval, the paired-t p and the minimum detectable "
+                   "difference (no bars for one seed).",
+                   made)]),
          ("MU95: Oracle vs Random", [tables.comparison_table(res, "mu95"),
                                      "MU95 = log10 FQ where MU first drops below 95% of its start (higher is better)."]),
          ("Trajectories", _plot(plots.trajectories(res), "trajectories.png",
@@ -128,8 +181,9 @@ def controlled_sections(res: dict, made: list) -> list[tuple[str, list]]:
             *_plot(plots.output_fit_residuals(res), "output_fit_residual.png",
                    "Per-layer relative residual of fitting a random region to the injected output change.", made),
             *tables.output_fit_tables(res)]))
+    s.append(("Glossary", tables.glossary(res)))
     s.append(("Per-run values", [tables.runs_table(res)]))
-    return s
+    return _setup_section(res) + s
 
 
 def localization_sections(res: dict, made: list) -> list[tuple[str, list]]:
@@ -139,8 +193,9 @@ def localization_sections(res: dict, made: list) -> list[tuple[str, list]]:
     if res.get("masks"):
         s.append(("Mask distribution", _plot(plots.mask_layers(res), "mask_layers.png",
                                              "Value vectors per layer in each localizer's mask.", made)))
+    s.append(("Glossary", tables.glossary(res)))
     s.append(("Per-run values", [tables.runs_table(res)]))
-    return s
+    return _setup_section(res) + s
 
 
 def build_report(study_dir: str | Path) -> dict:

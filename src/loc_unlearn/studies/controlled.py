@@ -15,12 +15,13 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 
 from .. import stages
 from ..config import REGIONS, Config, method_config
-from ..evaluate.stats import paired_tests as _paired
+from ..evaluate.stats import compare_groups
 from ..masks.mask import Mask
+from ..report import setup_info
+from ..report.tables import cli_summary
 from ..utils import log
 from . import common
 from .common import Study, Wave
@@ -77,7 +78,7 @@ def gather(cfg: Config, outputs: dict[str, list[dict]]) -> dict:
     theta_r = stages.retain_model(cfg)
     preps = [stages.prepare_seed(cfg, theta_r, s) for s in range(cfg.study.seeds)]
     runs = outputs["unlearning runs"]
-    res = {"ratio": cfg.inject.ratio,
+    res = {"ratio": cfg.inject.ratio, "setup": setup_info(cfg, theta_r.path),
            "injection": [{k: v for k, v in pr["theta_o"].run.metrics().items()
                           if k in ("seed", "forget_es", "target_es", "reached", "exact_greedy")} |
                          {"full_ft_es": pr["theta_o"].run.metrics()["target_es"] / cfg.inject.target_es_fraction}
@@ -93,18 +94,9 @@ def gather(cfg: Config, outputs: dict[str, list[dict]]) -> dict:
 
 
 def paired_tests(runs: list[dict], methods: list[str]) -> list[dict]:
-    out = []
-    for m in methods:
-        for metric in ("aues", "mu95"):
-            by = {r: {x["seed"]: x[metric] for x in runs if x["method"] == m and x["region"] == r} for r in REGIONS}
-            seeds = sorted(set(by["oracle"]) & set(by["random"]))
-            a = [by["oracle"][s] for s in seeds]
-            b = [by["random"][s] for s in seeds]
-            t = _paired(a, b)
-            out.append({"method": m, "metric": metric, **t, "p_wilcoxon": t["wilcoxon_p"],
-                        "oracle_mean": float(np.mean(a)), "oracle_std": float(np.std(a, ddof=1)) if len(a) > 1 else 0.0,
-                        "random_mean": float(np.mean(b)), "random_std": float(np.std(b, ddof=1)) if len(b) > 1 else 0.0})
-    return out
+    """Oracle vs Random per (method, metric), paired by seed (SPEC §7 step 4), with t interval, MDD (SPEC §11)
+    and MU95 censoring counts: evaluate.stats.compare_groups."""
+    return [compare_groups(runs, m, metric) for m in methods for metric in ("aues", "mu95")]
 
 
 def localization_check(cfg: Config, prep: dict) -> list[dict]:
@@ -125,11 +117,7 @@ def localization_check(cfg: Config, prep: dict) -> list[dict]:
 
 def print_summary(study_dir: Path) -> None:
     res = json.loads((study_dir / "results.json").read_text())
-    print(f"\nOracle vs Random ({len({r['seed'] for r in res['runs']})} seeds, preset {res['preset']}):")
-    print(f"{'method':8s} {'metric':6s} {'oracle':>16s} {'random':>16s} {'p(t)':>7s} {'p(W)':>7s}")
-    for t in res["tests"]:
-        print(f"{t['method']:8s} {t['metric']:6s} {t['oracle_mean']:8.3f} ± {t['oracle_std']:5.3f} "
-              f"{t['random_mean']:8.3f} ± {t['random_std']:5.3f} {t['p_t']:7.3f} {t['p_wilcoxon']:7.3f}")
+    print("\n" + "\n".join(cli_summary(res)))
     for inj in res["injection"]:
         print(f"injection seed {inj['seed']}: forget ES {inj['forget_es']:.3f} (target {inj['target_es']:.3f}, "
               f"{'reached' if inj['reached'] else 'NOT reached'})")

@@ -104,10 +104,12 @@ def localize(cfg: LocalizeConfig, model, tokenizer, forget_rows, retain_rows) ->
     meta = {"method": cfg.method, "ratio": float(ratio), "scope": scope, "seed": int(cfg.seed),
             "source_mask": cfg.source_mask if cfg.method.startswith("random_") else "",
             "fingerprint": fingerprint(model)}
+    if cfg.method == "norm" and cfg.reference:
+        meta["reference"] = cfg.reference  # ||v - v_ref||: which reference the scores were taken against
     return Mask(sel, meta)
 
 
 # Register the methods (each file adds itself to LOCALIZERS).
-from . import random, activation, memflex, wagle, gradient  # noqa: E402,F401
+from . import random, activation, memflex, wagle, gradient, norm  # noqa: E402,F401
 
 __all__ = ["LOCALIZERS", "localize", "score", "select_topk", "topk_count"]

@@ -1,0 +1,50 @@
+"""Norm localization (extra, SPEC §6 "further methods"): S_{l,i} = ||v_{l,i}||_2, or, with a reference
+model, S_{l,i} = ||v_{l,i} - v^ref_{l,i}||_2.
+
+The sanity row of the localization check (SPEC §7 step 5): an injection that inflates the norms of
+V_tgt is recovered by the plain norm, and with the reference theta_r (theta_o differs from it only in
+V_tgt columns) the difference norm recovers V_tgt exactly, whatever the norms themselves are. If a
+localizer cannot beat this row on a task built this way, its scores do not see the injected change.
+
+The reference is `localize.reference` (config): a model folder (e.g. a theta_r run's `model/`), loaded
+once on the CPU in the scored model's dtype (the whole model: peak memory is one extra model copy).
+From Python, `norm_scores(..., reference=model)` also takes a loaded model. No forget/retain data is
+used.
+"""
+from __future__ import annotations
+
+import torch
+
+from ...errors import UserError
+from ...models.value_vectors import fingerprint, shape, value_matrix
+from . import LOCALIZERS
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def _load_reference(path: str, model):
+    from ...models.load import load_model
+
+    dtype = _DTYPE_NAMES.get(value_matrix(model, 0).dtype, "float32")
+    ref, _ = load_model(path, dtype=dtype)
+    return ref
+
+
+@LOCALIZERS.register("norm")
+def norm_scores(cfg, model, tokenizer, forget_rows, retain_rows, reference=None):
+    """[L, d_ff] float64 column norms of W_down (minus the reference's W_down when one is given)."""
+    if reference is None and getattr(cfg, "reference", ""):
+        reference = _load_reference(cfg.reference, model)
+    if reference is not None and fingerprint(reference) != fingerprint(model):
+        where = f" {cfg.reference}" if getattr(cfg, "reference", "") else ""
+        raise UserError(f"localize.reference{where}: model {fingerprint(reference)} does not match the model being "
+                        f"localized {fingerprint(model)}; the reference must have the same architecture and shape")
+    L, _ = shape(model)
+    out = []
+    with torch.no_grad():
+        for l in range(L):
+            v = value_matrix(model, l).detach().cpu().double()
+            if reference is not None:
+                v = v - value_matrix(reference, l).detach().cpu().double()
+            out.append(v.norm(dim=0))
+    return torch.stack(out)
