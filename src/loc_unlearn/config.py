@@ -331,6 +331,48 @@ class StudyConfig:
 
 
 @dataclass
+class AttackConfig:
+    """Robustness attacks on an unlearned model (SPEC §10): `loc_unlearn.attacks`."""
+    schedule: list[int] = field(default_factory=lambda: [0, 5, 10, 25, 50])
+    """Relearning: measure after these many optimizer steps of ONE run of max(schedule) steps (0 = the
+    unlearned model itself, always measured)."""
+    relearn_data: list[str] = field(default_factory=lambda: ["forget_relearn", "retain"])
+    """Relearning variants: 'forget_relearn' (the relearn half of each forget author's questions) and/or
+    'retain' (benign: as many retain rows)."""
+    lr: float = 0.0
+    """Relearning peak learning rate, all parameters (0 = finetune.train.lr, the preset's all-parameter rate)."""
+    batch_size: int = 0
+    """Relearning batch size (0 = finetune.train.batch_size)."""
+    weight_decay: float = 0.0
+    """Relearning AdamW weight decay."""
+    warmup_steps: int = 0
+    """Relearning linear warmup steps (then linear decay to 0 at max(schedule))."""
+    max_length: int = 0
+    """Relearning: truncate prompt+answer to this many tokens (0 = finetune.train.max_length)."""
+    seed: int = 0
+    """Seed of the probe/relearn split, the retain sample and the data order."""
+    qa_per_author: int = 0
+    """Questions per forget author for the split (0 = data.qa_per_author for the synthetic world, 20 (TOFU)
+    for other sources)."""
+    theta_o: str = ""
+    """theta_o (model folder / run dir): ES_o of R(k) for relearning; a quantized reference for quantization."""
+    theta_r: str = ""
+    """theta_r (model folder / run dir): a quantized reference for the quantization attack."""
+    bits: list[int] = field(default_factory=lambda: [4, 8])
+    """Quantization: RTN bit widths."""
+    group_size: int = 128
+    """Quantization: consecutive input weights sharing one scale (a shorter last group if it does not divide)."""
+    symmetric: bool = True
+    """Quantization: symmetric (scale = max|w| / (2^(b-1)-1)) or asymmetric (min/max with a zero point)."""
+    include: list[str] = field(default_factory=lambda: ["layers"])
+    """Quantization: which weights: 'layers' (decoder linear weights), 'lm_head', 'embed'."""
+    nf4: bool = False
+    """Quantization: also NF4 through bitsandbytes (needs a CUDA device)."""
+    keep_checkpoints: bool = False
+    """Relearning: keep the attack's training checkpoints (full models) instead of deleting them."""
+
+
+@dataclass
 class Config:
     preset: str = ""
     """Name of the preset YAML applied before everything else (recorded for reference)."""
@@ -349,6 +391,7 @@ class Config:
     localize: LocalizeConfig = field(default_factory=LocalizeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
 
     def validate(self) -> "Config":
         """Check every section's names and ranges before any work (ConfigError naming the key)."""
