@@ -44,6 +44,14 @@ COMMANDS: dict[str, tuple[str, dict, str]] = {
     "study output_fit": ("loc_unlearn.studies.output_fit:cmd_study", {}, "per-layer output reproduction (SPEC §9)"),
     "demo": ("loc_unlearn.studies.controlled:cmd_demo", {"seeds": "study.seeds", "methods": "study.methods"},
              "the controlled study on the tiny preset + output fit + report"),
+    "attack relearn": ("loc_unlearn.attacks.commands:cmd_attack_relearn",
+                       {"schedule": "attack.schedule", "theta_o": "attack.theta_o", "lr": "attack.lr",
+                        "seed": "attack.seed", "relearn_data": "attack.relearn_data"},
+                       "relearning attack (SPEC §10): fine-tune ALL parameters for k steps, measure recovery R(k)"),
+    "attack quantize": ("loc_unlearn.attacks.commands:cmd_attack_quantize",
+                        {"bits": "attack.bits", "group_size": "attack.group_size", "symmetric": "attack.symmetric",
+                         "theta_o": "attack.theta_o", "theta_r": "attack.theta_r"},
+                        "quantization attack (SPEC §10): round-to-nearest weights, FS/RS before and after"),
     "report": ("loc_unlearn.report:cmd_report", {}, "rebuild the report of a study run dir: report RUN_DIR"),
 }
 

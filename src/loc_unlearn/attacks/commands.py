@@ -12,16 +12,17 @@ import dataclasses
 from dataclasses import asdict
 from pathlib import Path
 
+from .. import stages
+from ..commands import model_arg
 from ..config import Config, TrainConfig
 from ..errors import UserError
+from ..runs import cached
 from ..utils import default_device, world_size, write_json_atomic
 
 
 def _model(cfg: Config, path: str):
-    """A ModelRef for `path`, resolved exactly like `model=` (stages._model_arg)."""
-    from ..stages import _model_arg
-
-    return _model_arg(dataclasses.replace(cfg, input_model=path)) if path else None
+    """A ModelRef for `path`, resolved exactly like `model=` (commands.model_arg)."""
+    return model_arg(dataclasses.replace(cfg, input_model=path)) if path else None
 
 
 def qa_per_author(cfg: Config) -> int:
@@ -44,11 +45,6 @@ def attack_train_config(cfg: Config) -> TrainConfig:
                                seed=a.seed, warmup_epochs=0.0, checkpoint_every=0.0, max_steps=0)
 
 
-def _eval_key(cfg: Config) -> dict:
-    return {"batch_size": cfg.eval.batch_size, "es_floor": cfg.eval.es_floor,
-            "max_eval_rows": cfg.data.max_eval_rows, "forget_split": cfg.data.forget_split}
-
-
 def _write_out(cfg: Config, name: str, result: dict) -> None:
     if cfg.out:
         write_json_atomic(Path(cfg.out) / name, result)
@@ -58,8 +54,6 @@ def _write_out(cfg: Config, name: str, result: dict) -> None:
 def run_relearn(cfg: Config, model_ref=None) -> dict:
     """The relearning attack on `model_ref` (default: model=PATH) for every variant in attack.relearn_data;
     cached. Returns {"split": ..., "es_o": ..., "variants": {data: relearn_attack result}}."""
-    from ..stages import data_source, eval_sets, load_rows, retain_split
-    from ..runs import cached
     from .relearn import attack_rows, probe_es, probe_relearn_split, relearn_attack, save_probe_split
 
     model_ref = model_ref or _model(cfg, cfg.input_model)
@@ -72,17 +66,17 @@ def run_relearn(cfg: Config, model_ref=None) -> dict:
             raise UserError(f"attack.relearn_data: unknown variant {d!r}; expected forget_relearn and/or retain")
     if world_size() > 1:
         raise UserError("attack relearn runs in a single process; start it without accelerate launch / torchrun")
-    _, data_fp = data_source(cfg)
+    data = stages.data_source(cfg)
     relearn_fields = ("schedule", "relearn_data", "warmup_steps", "seed", "keep_checkpoints")
     key = {"attack": {k: getattr(a, k) for k in relearn_fields},
            "train": asdict(attack_train_config(cfg)), "qa_per_author": qa_per_author(cfg),
            "model": model_ref.fingerprint, "theta_o": theta_o.fingerprint if theta_o else "",
-           "data": data_fp, "retain_split": retain_split(cfg), "eval": _eval_key(cfg)}
+           "data": data.fingerprint, "retain_split": data.retain_split, "eval": stages.eval_key(cfg)}
 
     def build(p: Path) -> dict:
-        forget = load_rows(cfg, cfg.data.forget_split)
-        retain = load_rows(cfg, retain_split(cfg))
-        sets = {"forget": forget, "retain": eval_sets(cfg)["retain"]}
+        forget = data.forget_rows()
+        retain = data.retain_rows()
+        sets = {"forget": forget, "retain": data.eval_sets()["retain"]}
         g = qa_per_author(cfg)
         relearn_idx, probe_idx = probe_relearn_split(forget, a.seed, g)
         save_probe_split(p / "split.json", relearn_idx, probe_idx, seed=a.seed, qa_per_author=g, forget_rows=forget)
@@ -122,8 +116,6 @@ def run_quantize(cfg: Config, model_ref=None) -> dict:
     """The quantization attack (SPEC §10) on `model_ref` (default: model=PATH) and on attack.theta_o /
     attack.theta_r when given (the same quantization of the references); cached.
     Returns {"models": {name: {"path": ..., "results": quantization_attack result}}, "settings": ...}."""
-    from ..stages import data_source, eval_sets
-    from ..runs import cached
     from .quantize import quantization_attack
 
     model_ref = model_ref or _model(cfg, cfg.input_model)
@@ -138,13 +130,13 @@ def run_quantize(cfg: Config, model_ref=None) -> dict:
     bits = [*a.bits, *(["nf4"] if a.nf4 else [])]
     if not bits:
         raise UserError("attack quantize: attack.bits is empty and attack.nf4 is off: nothing to do")
-    _, data_fp = data_source(cfg)
+    data = stages.data_source(cfg)
     settings = {"bits": bits, "group_size": a.group_size, "symmetric": a.symmetric, "include": list(a.include)}
-    key = {"quantize": settings, "models": {k: v.fingerprint for k, v in models.items()}, "data": data_fp,
-           "eval": _eval_key(cfg)}
+    key = {"quantize": settings, "models": {k: v.fingerprint for k, v in models.items()}, "data": data.fingerprint,
+           "eval": stages.eval_key(cfg)}
 
     def build(p: Path) -> dict:
-        sets = eval_sets(cfg)
+        sets = data.eval_sets()
         sets = {"forget": sets["forget"], "retain": sets["retain"]}
         out = {"settings": settings, "models": {}}
         for name, ref in models.items():
