@@ -150,7 +150,8 @@ class ModelRef:
         m = cfg.model
         # The GGUF file name applies only to the configured base model itself.
         gguf = m.gguf_file if (m.gguf_file and self.path == m.path) else ""
-        return load_model(self.path, dtype=m.dtype, gguf_file=gguf, trust_remote_code=m.trust_remote_code)
+        return load_model(self.path, dtype=m.dtype, gguf_file=gguf, trust_remote_code=m.trust_remote_code,
+                          allow_pickle=m.allow_pickle)
 
 
 def _ref_from_run(run: Run) -> ModelRef:
