@@ -422,7 +422,8 @@ def unlearn(cfg: Config, model: ModelRef, mask_path: str | Path | None, referenc
         summ = summarize_trajectory(points, envelope=cfg.eval.envelope, left_anchor=cfg.eval.left_anchor,
                                     mode=cfg.eval.mu95)
         return {"method": ucfg.method, "mask": str(mask_path or ""), "trajectory": points,
-                "aues": summ["aues"], "mu95": summ["mu95"], "mu95_not_reached": summ["mu95_not_reached"]}
+                "aues": summ["aues"], "mu95": summ["mu95"], "mu95_not_reached": summ["mu95_not_reached"],
+                "train_truncated": res.truncated}
 
     key = {"unlearn": asdict(ucfg), "eval": _eval_key(cfg) | {k: getattr(cfg.eval, k) for k in
                                                               ("curve", "envelope", "left_anchor", "mu95")},

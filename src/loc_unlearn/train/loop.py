@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ..config import TrainConfig
-from ..data.formatting import collate, encode_qa
+from ..data.formatting import collate, context_length, encode_fit, encode_qa
 from ..errors import CheckpointError, TrainingDiverged, UserError
 from ..models.value_vectors import fingerprint, shape, value_matrix
 from ..utils import fault_point, log, progress, save_safetensors_atomic, sha256_file, sha256_json, write_json_atomic
@@ -44,6 +44,9 @@ class TrainResult:
     """Trajectory checkpoints in step order; the last one is the final model."""
     log: list[dict] = field(default_factory=list)
     """One dict per optimizer step: step, epoch, lr, loss, grad_norm and the objective's terms."""
+    truncated: dict = field(default_factory=dict)
+    """Rows whose answer was cut to fit max_length (min of train.max_length and the model's
+    max_position_embeddings), per data set (forget / retain); sets with none are left out."""
 
     @property
     def final(self) -> Path | None:
@@ -185,13 +188,16 @@ def load_checkpoint(base_model, ckpt_dir) -> torch.nn.Module:
 # ----------------------------------------------------------------------------- the loop
 
 
-def _encode(tokenizer, rows, max_length, what) -> list[dict]:
+def _encode(tokenizer, rows, max_length, what, cut: dict | None = None) -> list[dict]:
     items = []
     for i, r in enumerate(rows):
         try:
-            items.append(encode_qa(tokenizer, r["question"], r["answer"], max_length))
+            it, was_cut = encode_fit(tokenizer, r["question"], r["answer"], max_length)
         except KeyError as e:
             raise UserError(f"{what} row {i + 1}: missing field {e.args[0]!r} (expected question, answer)") from None
+        items.append(it)
+        if was_cut and cut is not None:
+            cut[what] = cut.get(what, 0) + 1
     return items
 
 
@@ -218,14 +224,18 @@ def train(model, tokenizer, forget_rows, retain_rows, objective: str, train_cfg:
     if needs_retain and not retain_rows:
         raise UserError(f"objective '{objective}' with alpha={hp['alpha']} needs retain rows, got none")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    f_items = _encode(tokenizer, forget_rows, cfg.max_length, "forget")
-    r_items = _encode(tokenizer, retain_rows, cfg.max_length, "retain") if needs_retain else []
+    max_len, cut = context_length(model, cfg.max_length), {}  # never past the model's positions
+    f_items = _encode(tokenizer, forget_rows, max_len, "forget", cut)
+    r_items = _encode(tokenizer, retain_rows, max_len, "retain", cut) if needs_retain else []
+    if cut:
+        log(f"training '{objective}': answers cut to {max_len} tokens in "
+            + ", ".join(f"{v} {k} rows" for k, v in cut.items()))
     i_items = []
     if objective == "dpo":
         if not idk:
             raise UserError("objective 'dpo' needs IDK refusals (idk=list of strings), got none")
         rng = random.Random(cfg.seed)  # one refusal per forget example, fixed for the whole run
-        i_items = [encode_qa(tokenizer, r["question"], rng.choice(idk), cfg.max_length) for r in forget_rows]
+        i_items = [encode_qa(tokenizer, r["question"], rng.choice(idk), max_len) for r in forget_rows]
     N = len(f_items)
     spe = math.ceil(N / cfg.batch_size)
     total = max(1, math.ceil(cfg.epochs * spe))
@@ -386,7 +396,7 @@ def train(model, tokenizer, forget_rows, retain_rows, objective: str, train_cfg:
             q.grad = None
     del frozen
     model.eval()
-    return TrainResult(checkpoints=result, log=history)
+    return TrainResult(checkpoints=result, log=history, truncated=cut)
 
 
 def _to(batch: dict, device) -> dict:
