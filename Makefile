@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all bench clean gpu-wheels
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -25,6 +25,17 @@ test: setup
 
 test-all: setup
 	$(BIN)/python -m pytest -q -m "" $(ARGS)
+
+# Pure-python wheels the GPU machine's python lacks (benchmarks/gpu_check.sh installs .whl/ with --no-index):
+# rouge-score (ROUGE-L in every evaluation; sdist only, so built here) and its nltk; submitit and gguf for the
+# slurm executor and GGUF models. .whl/ is git-ignored; carry it to the machine.
+GPU_WHEELS ?= nltk==3.10.4 submitit==1.5.4 gguf==0.19.0
+gpu-wheels:
+	mkdir -p .whl
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+	$(PY) -m pip wheel -q --no-deps -w .whl rouge-score==0.1.2
+	ls -l .whl
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

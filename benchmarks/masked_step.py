@@ -66,8 +66,10 @@ def setup(variant, model, mask, lr):
             p.requires_grad_(train_it)
             if not train_it:
                 continue
-            m = (mask[downs[id(p)]].to(dev).float()[None, :] if id(p) in downs
-                 else torch.zeros((), device=dev))  # element masks: everything outside the mask is zero
+            # element masks (everything outside the mask is zero), in the weight's dtype: a hook may not
+            # change the gradient's dtype (bf16 weights)
+            m = (mask[downs[id(p)]].to(dev, p.dtype)[None, :] if id(p) in downs
+                 else torch.zeros((), device=dev, dtype=p.dtype))
             p.register_hook(lambda g, m=m: g * m)
         params = [p for p in model.parameters() if p.requires_grad]
         finish = lambda: [m.weight.detach() for m in down_projs(model)]  # noqa: E731

@@ -127,6 +127,9 @@ class ModelConfig:
     """Weights dtype for loading."""
     trust_remote_code: bool = False
     """Allow model code from the hub. Off unless you set it."""
+    allow_pickle: bool = False
+    """Allow pickle weight files (pytorch_model.bin, *.pt, *.pth, *.ckpt, *.pkl) when a model has no
+    safetensors. Unpickling can run code, so they are refused unless you set this for files you trust."""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     """Architecture of the tiny preset."""
 

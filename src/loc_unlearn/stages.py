@@ -157,7 +157,8 @@ class ModelRef:
         m = cfg.model
         # The GGUF file name applies only to the configured base model itself.
         gguf = m.gguf_file if (m.gguf_file and self.path == m.path) else ""
-        return load_model(self.path, dtype=m.dtype, gguf_file=gguf, trust_remote_code=m.trust_remote_code)
+        return load_model(self.path, dtype=m.dtype, gguf_file=gguf, trust_remote_code=m.trust_remote_code,
+                          allow_pickle=m.allow_pickle)
 
 
 def _ref_from_run(run: Run) -> ModelRef:
@@ -397,7 +398,8 @@ def unlearn(cfg: Config, model: ModelRef, mask_path: str | Path | None, referenc
         summ = summarize_trajectory(points, envelope=cfg.eval.envelope, left_anchor=cfg.eval.left_anchor,
                                     mode=cfg.eval.mu95)
         return {"method": ucfg.method, "mask": str(mask_path or ""), "trajectory": points,
-                "aues": summ["aues"], "mu95": summ["mu95"], "mu95_not_reached": summ["mu95_not_reached"]}
+                "aues": summ["aues"], "mu95": summ["mu95"], "mu95_not_reached": summ["mu95_not_reached"],
+                "train_truncated": res.truncated}
 
     key = {"unlearn": asdict(ucfg), "eval": eval_key(cfg) | {k: getattr(cfg.eval, k) for k in
                                                              ("curve", "envelope", "left_anchor", "mu95")},

@@ -53,6 +53,11 @@ def encode_qa(tokenizer, question: str, answer: str, max_length: int | None = No
     the tokenizer's usual ones. Truncation to `max_length` keeps the whole prompt and cuts the answer;
     a cut answer gets no eos (training "stop here" mid-sentence would teach early stopping).
     """
+    return encode_fit(tokenizer, question, answer, max_length)[0]
+
+
+def encode_fit(tokenizer, question: str, answer: str, max_length: int | None = None) -> tuple[dict, bool]:
+    """(encode_qa's item, whether its answer was cut to fit `max_length`)."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no eos_token_id; "
@@ -64,15 +69,38 @@ def encode_qa(tokenizer, question: str, answer: str, max_length: int | None = No
     a = _ids(tokenizer, answer if chat else " " + answer, special=False)
     if not a:
         raise DataError(f"answer to question {question!r} is empty after tokenization")
-    tail = [eos]
-    if max_length:
-        if len(p) + 1 > max_length:  # at least one answer token must fit
-            raise DataError(f"question {question!r} alone takes {len(p)} tokens; max_length={max_length} "
-                            "leaves no room for its answer (raise max_length or shorten the question)")
-        if len(p) + len(a) + 1 > max_length:
-            a, tail = a[: max_length - len(p)], []
-    ids = p + a + tail
-    return {"input_ids": ids, "labels": [IGNORE] * len(p) + a + tail, "n_prompt": len(p), "n_answer": len(a)}
+    if max_length and len(p) + 1 > max_length:  # at least one answer token must fit
+        raise DataError(f"question {question!r} alone takes {len(p)} tokens; max_length={max_length} "
+                        "leaves no room for its answer (raise max_length or shorten the question)")
+    item = {"input_ids": p + a + [eos], "labels": [IGNORE] * len(p) + a + [eos], "n_prompt": len(p),
+            "n_answer": len(a)}
+    fit = truncate(item, max_length)
+    return fit, fit is not item
+
+
+def truncate(item: dict, max_length: int | None) -> dict:
+    """An encoded item (encode_qa) cut to `max_length` tokens the way encode_qa cuts: the whole prompt
+    is kept, the answer is cut, and a cut answer loses its eos. Returned as is when it fits (or when
+    max_length is 0/None); `item is not truncate(item, n)` tells that it was cut."""
+    n_p = item["n_prompt"]
+    if not max_length or len(item["input_ids"]) <= max_length:
+        return item
+    if n_p + 1 > max_length:
+        raise DataError(f"the prompt alone takes {n_p} tokens; max_length={max_length} leaves no room "
+                        "for its answer (raise max_length or shorten the question)")
+    ids = item["input_ids"][:max_length]
+    return {"input_ids": ids, "labels": item["labels"][:max_length], "n_prompt": n_p, "n_answer": max_length - n_p}
+
+
+def context_length(model, max_length: int | None = None) -> int | None:
+    """The longest sequence to give `model`: the smaller of `max_length` and the model's
+    `max_position_embeddings` (`n_positions` for GPT-2-style configs), ignoring unset/0 values;
+    None when neither is known."""
+    cfg = getattr(model, "config", None)
+    ctx = next((getattr(cfg, k) for k in ("max_position_embeddings", "n_positions")
+                if isinstance(getattr(cfg, k, None), int)), None)
+    limits = [n for n in (max_length, ctx) if n]
+    return min(limits) if limits else None
 
 
 def encode_rows(tokenizer, rows: list[dict], max_length: int | None = None, answer_key: str = "answer") -> list[dict]:

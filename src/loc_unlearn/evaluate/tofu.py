@@ -13,7 +13,7 @@ import math
 import numpy as np
 from scipy import stats
 
-from ..errors import UserError
+from ..errors import DataError, UserError
 from .generation import generate, rouge_l_recall
 from .token_metrics import token_metrics
 
@@ -33,10 +33,14 @@ def truth_ratios(nll_base: list[float], nll_pert: list[list[float]]) -> list[flo
 
 def eval_set(model, tokenizer, name: str, rows: list[dict], cfg) -> dict:
     """Every per-set number of SPEC §3 for one eval set."""
-    tm = token_metrics(model, tokenizer, rows, batch_size=cfg.batch_size, es_floor=cfg.es_floor)
+    try:
+        tm = token_metrics(model, tokenizer, rows, batch_size=cfg.batch_size, es_floor=cfg.es_floor)
+    except DataError as e:
+        raise DataError(f"eval set {name!r}: {e}") from None
     p = [math.exp(-v) for v in tm["nll"]]
     out = {"n": len(rows), "es": _mean(tm["es"]), "em": _mean(tm["em"]),
-           "es_per": tm["es"], "em_per": tm["em"], "nll": tm["nll"], "prob_per": p}
+           "es_per": tm["es"], "em_per": tm["em"], "nll": tm["nll"], "prob_per": p,
+           "truncated": tm["truncated"], "max_length": tm["max_length"]}
     is_qa_set = name in ("forget", "retain")
     pert = tm.get("nll_perturbed")
     if is_qa_set or pert is None:
@@ -118,7 +122,9 @@ def evaluate_model(model, tokenizer, eval_sets: dict, cfg, reference_truth_ratio
     for need in ("forget", "retain"):
         if need not in sets:
             raise UserError(f"evaluate_model needs a {need!r} eval set; got {sorted(eval_sets)}")
-    out = {"FS": 1.0 - sets["forget"]["es"], "RS": sets["retain"]["es"], "es_floor": cfg.es_floor}
+    out = {"FS": 1.0 - sets["forget"]["es"], "RS": sets["retain"]["es"], "es_floor": cfg.es_floor,
+           # rows cut to the model's context (answers longer than max_position_embeddings), per set
+           "truncated": {k: v["truncated"] for k, v in sets.items()}}
     out["MU"], out["MU_sets"], out["MU_terms"], out["MU_note"] = model_utility(sets)
     out["FQ"], out["log10_FQ"] = None, None
     ref = reference_truth_ratios

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..data.formatting import collate, encode_qa, length_batches, pad_id
+from ..data.formatting import collate, context_length, encode_fit, length_batches, pad_id
 from ..errors import DataError, UserError
 from ..utils import eval_mode, progress
 
@@ -85,31 +85,44 @@ def _run(model, items, pad, batch_size, es_floor, desc):
     return out
 
 
-def _encode(tokenizer, question, answer, where):
-    it = encode_qa(tokenizer, question, answer, None)  # no truncation: metrics see whole answers
+def _encode(tokenizer, question, answer, where, limit=None, cut=None, row=None):
+    """Encoded (question, answer), cut to `limit` tokens (the model's context): metrics see the whole
+    answer when it fits. A cut adds `row` to the set `cut`, so the metrics can say how many were cut."""
+    try:
+        it, was_cut = encode_fit(tokenizer, question, answer, limit)
+    except DataError as e:
+        raise DataError(f"{where}: {e}") from None
     if it["n_answer"] < 1:
         raise DataError(f"{where}: the answer {answer!r} encodes to no tokens; metrics need at least one")
+    if was_cut and cut is not None:
+        cut.add(row)
     return it
 
 
-def token_metrics(model, tokenizer, rows, batch_size: int = 16, es_floor: str = "none") -> dict:
+def token_metrics(model, tokenizer, rows, batch_size: int = 16, es_floor: str = "none",
+                  max_length: int | None = None) -> dict:
     """Per-example lists for an eval set (SPEC §2-3).
 
     Returns `es, em, nll, n_answer` for the answer and, where the rows carry them,
     `nll_paraphrased` and `nll_perturbed` (a list per example). One batched pass per variant;
-    all perturbed answers of the set share one stream of batches.
+    all perturbed answers of the set share one stream of batches. Sequences longer than
+    `context_length(model, max_length)` (the model's max_position_embeddings, or `max_length` if
+    smaller) are cut there like training cuts them (answer cut, no eos); `truncated` counts the rows
+    with any variant cut and `max_length` holds the limit used.
     """
     if not rows:
         raise DataError("token_metrics: empty eval set")
+    limit, cut = context_length(model, max_length), set()
     pad = pad_id(tokenizer)
     with eval_mode(model):
-        ans = [_encode(tokenizer, r["question"], r["answer"], f"row {i + 1} field 'answer'")
+        ans = [_encode(tokenizer, r["question"], r["answer"], f"row {i + 1} field 'answer'", limit, cut, i)
                for i, r in enumerate(rows)]
         a = _run(model, ans, pad, batch_size, es_floor, "eval answer")
         out = {"es": [x["es"] for x in a], "em": [x["em"] for x in a], "nll": [x["nll"] for x in a],
                "n_answer": [x["n"] for x in a]}
         if all("paraphrased_answer" in r for r in rows):
-            par = [_encode(tokenizer, r["question"], r["paraphrased_answer"], f"row {i + 1} field 'paraphrased_answer'")
+            par = [_encode(tokenizer, r["question"], r["paraphrased_answer"], f"row {i + 1} field 'paraphrased_answer'",
+                           limit, cut, i)
                    for i, r in enumerate(rows)]
             out["nll_paraphrased"] = [x["nll"] for x in _run(model, par, pad, batch_size, es_floor, "eval paraphrased")]
         if all(r.get("perturbed_answer") for r in rows):
@@ -120,10 +133,12 @@ def token_metrics(model, tokenizer, rows, batch_size: int = 16, es_floor: str = 
                     p = [p]
                 for j, s in enumerate(p):
                     owner.append(i)
-                    pert.append(_encode(tokenizer, r["question"], s, f"row {i + 1} field 'perturbed_answer[{j}]'"))
+                    pert.append(_encode(tokenizer, r["question"], s, f"row {i + 1} field 'perturbed_answer[{j}]'",
+                                        limit, cut, i))
             res = _run(model, pert, pad, batch_size, es_floor, "eval perturbed")
             per = [[] for _ in rows]
             for i, x in zip(owner, res):
                 per[i].append(x["nll"])
             out["nll_perturbed"] = per
+        out["truncated"], out["max_length"] = len(cut), limit
     return out

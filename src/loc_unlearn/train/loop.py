@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ..config import TrainConfig
-from ..data.formatting import collate, encode_qa, pad_id
+from ..data.formatting import collate, context_length, encode_fit, encode_qa, pad_id
 from ..errors import CheckpointError, TrainingDiverged, UserError
 from ..models.value_vectors import shape
 from ..utils import eval_mode, fault_point, log, progress, sha256_json
@@ -46,6 +46,9 @@ class TrainResult:
     """Trajectory checkpoints in step order; the last one is the final model."""
     log: list[dict] = field(default_factory=list)
     """One dict per optimizer step: step, epoch, lr, loss, grad_norm and the objective's terms."""
+    truncated: dict = field(default_factory=dict)
+    """Rows whose answer was cut to fit max_length (min of train.max_length and the model's
+    max_position_embeddings), per data set (forget / retain); sets with none are left out."""
 
     @property
     def final(self) -> Path | None:
@@ -112,31 +115,38 @@ class _Plan:
     warmup: int
     ckpt_steps: set[int]
     key: str
+    truncated: dict
+    """Rows cut to fit the context, per set (TrainResult.truncated)."""
 
 
-def _encode(tokenizer, rows, max_length, what) -> list[dict]:
+def _encode(tokenizer, rows, max_length, what, cut: dict | None = None) -> list[dict]:
     items = []
     for i, r in enumerate(rows):
         try:
-            items.append(encode_qa(tokenizer, r["question"], r["answer"], max_length))
+            it, was_cut = encode_fit(tokenizer, r["question"], r["answer"], max_length)
         except KeyError as e:
             raise UserError(f"{what} row {i + 1}: missing field {e.args[0]!r} (expected question, answer)") from None
+        items.append(it)
+        if was_cut and cut is not None:
+            cut[what] = cut.get(what, 0) + 1
     return items
 
 
 def _encode_sets(tokenizer, name: str, obj: Objective, hp: dict, cfg: TrainConfig, forget_rows, retain_rows,
-                 idk) -> dict[str, list[dict]]:
+                 idk, max_len: int, cut: dict) -> dict[str, list[dict]]:
     needs_retain = obj.needs_retain(hp)
     if needs_retain and not retain_rows:
         raise UserError(f"objective '{name}' with alpha={hp['alpha']} needs retain rows, got none")
-    items = {"forget": _encode(tokenizer, forget_rows, cfg.max_length, "forget"),
-             "retain": _encode(tokenizer, retain_rows, cfg.max_length, "retain") if needs_retain else [],
+    items = {"forget": _encode(tokenizer, forget_rows, max_len, "forget", cut),
+             "retain": _encode(tokenizer, retain_rows, max_len, "retain", cut) if needs_retain else [],
              "idk": []}
+    if cut:
+        log(f"training '{name}': answers cut to {max_len} tokens in " + ", ".join(f"{v} {k} rows" for k, v in cut.items()))
     if obj.needs_idk:
         if not idk:
             raise UserError(f"objective '{name}' needs IDK refusals (idk=list of strings), got none")
         rng = random.Random(cfg.seed)  # one refusal per forget example, fixed for the whole run
-        items["idk"] = [encode_qa(tokenizer, r["question"], rng.choice(idk), cfg.max_length) for r in forget_rows]
+        items["idk"] = [encode_qa(tokenizer, r["question"], rng.choice(idk), max_len) for r in forget_rows]
     return items
 
 
@@ -150,7 +160,8 @@ def _plan(model, tokenizer, forget_rows, retain_rows, name: str, cfg: TrainConfi
     if cfg.micro_batch_size < 0:
         raise UserError(f"train.micro_batch_size must be >= 0, got {cfg.micro_batch_size}")
     hp = resolve_hparams(name, hparams, shape(model)[0])
-    items = _encode_sets(tokenizer, name, obj, hp, cfg, forget_rows, retain_rows, idk)
+    max_len, cut = context_length(model, cfg.max_length), {}  # never past the model's positions
+    items = _encode_sets(tokenizer, name, obj, hp, cfg, forget_rows, retain_rows, idk, max_len, cut)
     spe = math.ceil(len(items["forget"]) / cfg.batch_size)
     total = max(1, math.ceil(cfg.epochs * spe))
     every = cfg.checkpoint_every * spe
@@ -159,7 +170,7 @@ def _plan(model, tokenizer, forget_rows, retain_rows, name: str, cfg: TrainConfi
     return _Plan(name=name, obj=obj, cfg=cfg, hp=hp, items=items, pad=pad_id(tokenizer),
                  micro=cfg.micro_batch_size or math.ceil(cfg.batch_size / processes), spe=spe, total=total,
                  warmup=round(cfg.warmup_epochs * spe), ckpt_steps={s for s in ckpt_steps if 0 < s < total} | {total},
-                 key=key)
+                 key=key, truncated=cut)
 
 
 # ----------------------------------------------------------------------------- prepare: trainable state
@@ -347,7 +358,7 @@ def _finish(run: _Run, plan: _Plan, out_dir: Path) -> TrainResult:
             q.grad = None
     run.frozen = run.ctx.reference = None
     model.eval()
-    return TrainResult(checkpoints=result, log=run.history)
+    return TrainResult(checkpoints=result, log=run.history, truncated=plan.truncated)
 
 
 # ----------------------------------------------------------------------------- entry point
