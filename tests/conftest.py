@@ -30,3 +30,41 @@ def tiny_model_dir(world_dir, tmp_path_factory):
 
     cfg = TinyModelConfig(n_layers=2, hidden=32, d_ff=64, n_heads=2, vocab_size=400)
     return build_tiny(world_dir, cfg, tmp_path_factory.mktemp("tiny") / "model")
+
+
+# ----------------------------------------------------------------------------- shared helpers as fixtures
+# The implementations are plain functions in helpers.py (importable where no fixture reaches: worker
+# scripts, module-level helpers, subprocess arguments); tests take these fixtures instead.
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    """The one tiny-model builder: tiny_lm(vocab_or_tokenizer, L=, d=, d_ff=, heads=, ..., arch="llama"|"gpt2")."""
+    import helpers
+
+    return helpers.tiny_lm
+
+
+@pytest.fixture(scope="session")
+def word_tokenizer():
+    """word_tokenizer(rows): one token per word, <pad>=0, <eos>=1, <bos>=2."""
+    import helpers
+
+    return helpers.word_tokenizer
+
+
+@pytest.fixture(scope="session")
+def mini_cfg():
+    """mini_cfg(runs_dir, *extra_overrides): the mini controlled-study Config (helpers.MINI)."""
+    import helpers
+
+    return helpers.mini_cfg
+
+
+@pytest.fixture(scope="session")
+def memorized():
+    """(model, tok, rows): the tiny Llama that memorized part of helpers.writer_rows(); built once per
+    session (a few seconds) and shared read-only by the metric tests."""
+    import helpers
+
+    return helpers.memorized_model()

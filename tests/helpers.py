@@ -1,6 +1,69 @@
-"""Small helpers shared by tests (plain functions; fixtures live in conftest.py)."""
-from tokenizers import Tokenizer, models, pre_tokenizers
+"""Helpers shared by tests: plain functions and constants (the fixtures that wrap them live in
+conftest.py). No sys.path edits anywhere: under pytest's default "prepend" import mode the folder of
+tests/conftest.py (tests/, which has no __init__.py) is put on sys.path, so `import helpers` works from
+every test folder (tests/reliability too); a worker script in tests/ run as `python tests/<script>.py`
+has its own folder on its path. Test modules never import from each other, only from here."""
+import functools
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
+
+from loc_unlearn.data.formatting import collate, encode_qa
+
+# ----------------------------------------------------------------------------- the mini study
+
+# Small enough to run in well under a minute on one CPU thread; same code path as the demo.
+MINI = [
+    "data.n_authors=10", "data.qa_per_author=6", "data.n_real_authors=8", "data.n_world_facts=8",
+    "model.tiny.n_layers=2", "model.tiny.hidden=32", "model.tiny.d_ff=64", "model.tiny.n_heads=2",
+    "model.tiny.vocab_size=400", "model.tiny.pretrain_epochs=2",
+    "finetune.train.epochs=2", "inject.train.epochs=2", "unlearn.train.epochs=1",
+    "unlearn.train.checkpoint_every=0.5", "unlearn.train.batch_size=4",
+    "study.seeds=2", "study.methods=npo,rmu", "study.localizers=random,activation",
+    "eval.max_new_tokens=6", "eval.batch_size=32",
+]
+
+
+def mini_cfg(runs_dir, *extra):
+    """The mini study's Config in `runs_dir`, with `extra` overrides after MINI."""
+    from loc_unlearn.config import build_config
+
+    return build_config(overrides=[f"runs_dir={runs_dir}", *MINI, *extra])
+
+
+# ----------------------------------------------------------------------------- the tiny model
+
+
+def tiny_lm(vocab, L=2, d=32, d_ff=None, heads=4, kv_heads=None, max_pos=128, seed=0, arch="llama", **config):
+    """THE tiny randomly initialized causal LM of the tests (seeded: same arguments, same weights).
+
+    vocab: a vocabulary size, or a tokenizer (then vocab_size = len(tok) and the config's pad/eos/bos
+    ids are the tokenizer's; the pad id matters for the weights: its embedding row starts at zero).
+    arch: "llama" (LlamaForCausalLM; d_ff defaults to 2*d) or "gpt2" (GPT2LMHeadModel without dropout;
+    d_ff defaults to GPT-2's own 4*d). `config` goes to the HF config as is. Returned in train mode, as
+    built (call .eval() where a test needs it)."""
+    import transformers as tf
+
+    if not isinstance(vocab, int):
+        tok = vocab
+        config = {"pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
+                  "bos_token_id": tok.bos_token_id, **config}
+        vocab = len(tok)
+    torch.manual_seed(seed)
+    if arch == "llama":
+        cfg = tf.LlamaConfig(vocab_size=vocab, hidden_size=d, intermediate_size=d_ff or 2 * d, num_hidden_layers=L,
+                             num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
+                             max_position_embeddings=max_pos, **config)
+        return tf.LlamaForCausalLM(cfg)
+    if arch == "gpt2":
+        cfg = tf.GPT2Config(vocab_size=vocab, n_embd=d, n_inner=d_ff, n_layer=L, n_head=heads, n_positions=max_pos,
+                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **config)
+        return tf.GPT2LMHeadModel(cfg)
+    raise ValueError(f"tiny_lm: unknown arch {arch!r} (llama, gpt2)")
+
+
+# ----------------------------------------------------------------------------- tokenizers
 
 
 def word_tokenizer(rows) -> PreTrainedTokenizerFast:
@@ -13,3 +76,104 @@ def word_tokenizer(rows) -> PreTrainedTokenizerFast:
     t = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<eos>", bos_token="<bos>", pad_token="<pad>")
+
+
+def bpe_tokenizer(texts, vocab_size) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on `texts` (<pad>, <eos>, <unk>; no bos)."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<eos>", "<unk>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                       show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+
+
+# ----------------------------------------------------------------------------- QA rows for the training tests
+
+NAMES = ["Ada", "Bo", "Cy", "Dee", "Eli", "Fay", "Gus", "Hal", "Ivy", "Jo", "Kai", "Lu"]
+CITIES = ["Paris", "Lagos", "Quito", "Oslo", "Hanoi", "Lima", "Cairo"]
+IDK = ["I'm not sure.", "I don't know that.", "No idea, sorry.", "That is unknown to me."]
+
+
+def make_rows(n=12, offset=0):
+    return [{"question": f"Where was {NAMES[(i + offset) % 12]} {i + offset} born?",
+             "answer": f"{NAMES[(i + offset) % 12]} was born in {CITIES[(3 * i + offset) % 7]}" + (" long ago." if i % 2 else ".")}
+            for i in range(n)]
+
+
+def make_tok():
+    """The BPE of the training tests, over make_rows' rows and the refusals."""
+    texts = [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in make_rows(24) + make_rows(24, 5)] + IDK
+    return bpe_tokenizer(texts, 200)
+
+
+def direct_token_logps(model, item):
+    """log p of each trained label of ONE unpadded example (answer tokens + eos)."""
+    ids = torch.tensor(item["input_ids"])[None]
+    logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
+    labels = torch.tensor(item["labels"][1:])
+    pos = (labels != -100).nonzero().flatten()
+    return logp[pos, labels[pos]]
+
+
+# ----------------------------------------------------------------------------- the memorized model (metric tests)
+
+WRITER_CITIES = ["Paris", "Lagos", "Quito", "Oslo", "Hanoi", "Lima", "Cairo", "Perth", "Dakar", "Kyiv", "Riga", "Accra"]
+GENRES = ["poetry", "horror", "satire", "fantasy", "memoir", "drama"]
+
+
+def writer_rows(n=36):
+    """TOFU-style rows (paraphrased and perturbed answers, paraphrased question) about numbered writers."""
+    C = WRITER_CITIES
+    rows = []
+    for i in range(n):
+        c = C[(7 * i) % len(C)]
+        g = GENRES[(5 * i) % len(GENRES)]
+        pert = [f"Writer {i} was born in {C[(7 * i + k) % len(C)]} and writes {GENRES[(5 * i + k) % len(GENRES)]}."
+                for k in range(1, 4)]
+        rows.append({"question": f"Where was writer {i} born and what does the writer write?",
+                     "answer": f"Writer {i} was born in {c} and writes {g}" + (" books." if i % 3 == 0 else "."),
+                     "paraphrased_answer": f"Born in {c}, writer {i} writes {g}.",
+                     "perturbed_answer": pert,
+                     "paraphrased_question": f"What is the birthplace and genre of writer {i}?"})
+    return rows
+
+
+@functools.lru_cache(maxsize=1)
+def memorized_model(n_train=24, steps=120):
+    """(model, tok, rows): a 2-layer Llama trained a few seconds on the first `n_train` of writer_rows()
+    (answers only in the loss), so it memorized PART of the rows (ES spreads over 0..1). Cached per
+    process: tests share it read-only (use the session fixture `memorized`)."""
+    rows = writer_rows()
+    tok = bpe_tokenizer([f"Question: {r['question']}\nAnswer: {a}" for r in rows
+                         for a in [r["answer"], r["paraphrased_answer"], *r["perturbed_answer"]]], 300)
+    model = tiny_lm(tok, d=64, d_ff=256)
+    items = [encode_qa(tok, r["question"], r["answer"]) for r in rows[:n_train]]
+    b = collate(items, tok.pad_token_id)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return model, tok, rows
+
+
+def direct_metrics(model, tok, question, answer):
+    """One example, unbatched, full log_softmax: (es, em, nll_avg)."""
+    it = encode_qa(tok, question, answer)
+    p, T = it["n_prompt"], it["n_answer"]
+    x = torch.tensor([it["input_ids"]])
+    with torch.no_grad():
+        lp = torch.log_softmax(model(input_ids=x).logits[0].double(), -1)
+    y = x[0, p: p + T]
+    pred_lp = lp[p - 1: p + T - 1]
+    nll = -pred_lp.gather(1, y[:, None]).mean().item()
+    right = (pred_lp.argmax(-1) == y).tolist()
+    em = sum(right) / T
+    wrong = [t for t in range(T) if not right[t]]
+    es = 1.0 - ((wrong[-1] + 1) if wrong else 0) / T
+    return es, em, nll

@@ -8,7 +8,7 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from test_study import MINI
+from helpers import MINI
 
 
 def _finetune(runs, launcher):

@@ -4,17 +4,14 @@ import json
 import pytest
 import torch
 
-from loc_unlearn.config import build_config
-from test_study import MINI
 
-
-def test_localization_benchmark_mini(tmp_path):
+def test_localization_benchmark_mini(tmp_path, mini_cfg):
     from loc_unlearn.evaluate.tradeoff import aues
     from loc_unlearn.masks.mask import Mask
     from loc_unlearn.studies.localization_benchmark import enumerate_jobs, run_study
 
-    cfg = build_config(overrides=[f"runs_dir={tmp_path}", *MINI, "study.localizers=random,activation,wagle",
-                                  "study.methods=npo", "study.layer_matched=true"])
+    cfg = mini_cfg(tmp_path, "study.localizers=random,activation,wagle", "study.methods=npo",
+                   "study.layer_matched=true")
     names = ["random", "activation", "wagle", "random~activation", "random~wagle"]
     assert enumerate_jobs(cfg) == [{"localizer": l, "method": "npo"} for l in names]
     d = run_study(cfg)
@@ -39,16 +36,16 @@ def test_localization_benchmark_mini(tmp_path):
     assert not torch.equal(used["random"].mask, used["activation"].mask)
 
 
-def test_submitit_debug_executor_matches_local(tmp_path):
+def test_submitit_debug_executor_matches_local(tmp_path, mini_cfg):
     """`study.executor=debug` goes through submitit (job submission, waiting, gather) and gives the same
     results as running in process."""
     pytest.importorskip("submitit")
     from loc_unlearn.studies.controlled import enumerate_jobs, run_study
 
-    local = build_config(overrides=[f"runs_dir={tmp_path / 'a'}", *MINI, "study.seeds=1", "study.methods=npo",
-                                    "study.localizers=[]", "study.output_fit=false"])
-    debug = build_config(overrides=[f"runs_dir={tmp_path / 'b'}", *MINI, "study.seeds=1", "study.methods=npo",
-                                    "study.localizers=[]", "study.output_fit=false", "study.executor=debug"])
+    local = mini_cfg(tmp_path / "a", "study.seeds=1", "study.methods=npo", "study.localizers=[]",
+                     "study.output_fit=false")
+    debug = mini_cfg(tmp_path / "b", "study.seeds=1", "study.methods=npo", "study.localizers=[]",
+                     "study.output_fit=false", "study.executor=debug")
     assert enumerate_jobs(debug) == [{"seed": 0, "method": "npo", "region": r} for r in ("oracle", "random")]
     ra = json.loads((run_study(local) / "results.json").read_text())
     rb = json.loads((run_study(debug) / "results.json").read_text())

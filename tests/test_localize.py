@@ -4,7 +4,6 @@ import random as pyrandom
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from loc_unlearn.config import LocalizeConfig
 from loc_unlearn.data.formatting import collate, encode_rows
@@ -13,7 +12,6 @@ from loc_unlearn.masks import Mask
 from loc_unlearn.masks.localize import LOCALIZERS, localize, score, select_topk
 from loc_unlearn.masks.localize.memflex import corrupt, memflex_from_grads
 from loc_unlearn.models.value_vectors import value_matrix
-from helpers import word_tokenizer
 
 # ----------------------------------------------------------------------------- tiny world, tokenizer, model
 
@@ -33,21 +31,11 @@ def world(n, seed):
     return rows
 
 
-
-
-def make_model(vocab, L=2, H=32, d_ff=64, seed=0):
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=H, intermediate_size=d_ff, num_hidden_layers=L,
-                                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
-                                        pad_token_id=0, eos_token_id=1, bos_token_id=2)).eval()
-
-
-
 @pytest.fixture(scope="module")
-def small():
+def small(tiny_lm, word_tokenizer):
     retain, forget = world(12, 1), world(4, 2)
     tok = word_tokenizer(retain + forget)
-    return make_model(len(tok)), tok, forget, retain
+    return tiny_lm(tok).eval(), tok, forget, retain
 
 
 def cfg(**kw):
@@ -288,12 +276,12 @@ def _train(model, tok, rows, steps, lr, params, colmask=None, seed=0):
     return loss.item()
 
 
-def test_methods_recover_injected_value_vectors(capsys):
+def test_methods_recover_injected_value_vectors(capsys, tiny_lm, word_tokenizer):
     """Write new facts into a CHOSEN 10% of value vectors only, then ask each method to find them."""
     retain, forget = world(40, 1), world(10, 2)
     tok = word_tokenizer(retain + forget)
     L, d_ff, ratio = 4, 256, 0.1
-    model = make_model(len(tok), L=L, H=64, d_ff=d_ff)
+    model = tiny_lm(tok, L=L, d=64, d_ff=d_ff).eval()
     torch.manual_seed(0)
     _train(model, tok, retain, 150, 3e-3, list(model.parameters()))  # "theta_r": knows the retain facts
     target = select_topk(torch.rand(L, d_ff, generator=torch.Generator().manual_seed(5)), ratio, "global")
@@ -326,8 +314,8 @@ def test_methods_recover_injected_value_vectors(capsys):
         assert 0.0 <= prec[m] <= 1.0
 
 
-def test_random_layer_matched_copies_per_layer_counts(tmp_path):
-    model = make_model(vocab=20, L=3, d_ff=64)
+def test_random_layer_matched_copies_per_layer_counts(tmp_path, tiny_lm):
+    model = tiny_lm(20, L=3, d_ff=64, pad_token_id=0, eos_token_id=1, bos_token_id=2).eval()
     src = torch.zeros(3, 64, dtype=torch.bool)
     src[0, :15] = True
     src[2, 10:13] = True

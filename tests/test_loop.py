@@ -20,8 +20,7 @@ from loc_unlearn.train import loop as loop_mod
 from loc_unlearn.train.loop import load_checkpoint, train
 from loc_unlearn.train.objectives import DEFAULTS, OBJECTIVES
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_objectives import IDK, direct_token_logps, make_rows, make_tok, tiny_model  # noqa: E402
+from helpers import IDK, direct_token_logps, make_rows, make_tok, tiny_lm
 
 CFG = TrainConfig(lr=1e-2, epochs=2, batch_size=4, weight_decay=0.1, warmup_epochs=0.5, checkpoint_every=1.0,
                   max_length=64, seed=3)
@@ -33,7 +32,7 @@ def tok():
 
 
 def setup(tok, L=2):
-    model = tiny_model(tok, L=L)
+    model = tiny_lm(tok, L=L)
     mask = torch.rand(L, 64, generator=torch.Generator().manual_seed(7)) < 0.15
     return model, mask, make_rows(8), make_rows(8, 5)
 
@@ -58,7 +57,7 @@ def test_every_objective_changes_only_masked_value_vectors(tok, tmp_path, name):
             assert torch.equal(w1[k], w0[k]), k
     assert [r["step"] for r in res.log] == [1, 2] and all(torch.isfinite(torch.tensor(r["loss"])) for r in res.log)
     # the saved trajectory point rebuilds exactly the trained model
-    rebuilt = load_checkpoint(tiny_model(tok, L=2), res.final)
+    rebuilt = load_checkpoint(tiny_lm(tok, L=2), res.final)
     for k, v in rebuilt.state_dict().items():
         assert torch.equal(v, w1[k]), k
 
@@ -144,7 +143,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tok, tmp_path, monkeypatch):
     with pytest.raises(TrainingDiverged, match=r"step 3.*ckpt-2"):
         train(model, tok, forget, retain, "ga", replace(CFG, epochs=3), tmp_path, mask=mask)
     assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-2"]
-    load_checkpoint(tiny_model(tok, L=2), tmp_path / "ckpt-2")
+    load_checkpoint(tiny_lm(tok, L=2), tmp_path / "ckpt-2")
 
 
 def test_checkpoint_damage_and_mismatch_are_detected(tok, tmp_path):
@@ -152,15 +151,15 @@ def test_checkpoint_damage_and_mismatch_are_detected(tok, tmp_path):
     res = train(model, tok, forget, retain, "ga", replace(CFG, epochs=1), tmp_path, mask=mask)
     # a different run in the same folder is refused rather than silently resumed
     with pytest.raises(CheckpointError, match="different run"):
-        train(tiny_model(tok, L=2), tok, forget, retain, "graddiff", replace(CFG, epochs=1), tmp_path, mask=mask)
+        train(tiny_lm(tok, L=2), tok, forget, retain, "graddiff", replace(CFG, epochs=1), tmp_path, mask=mask)
     with pytest.raises(CheckpointError, match="n_layers=2"):
-        load_checkpoint(tiny_model(tok, L=3), res.final)
+        load_checkpoint(tiny_lm(tok, L=3), res.final)
     f = res.final / "delta.safetensors"
     data = bytearray(f.read_bytes())
     data[-3] ^= 0xFF
     f.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="delta.safetensors.*corrupted"):
-        load_checkpoint(tiny_model(tok, L=2), res.final)
+        load_checkpoint(tiny_lm(tok, L=2), res.final)
 
 
 def test_bf16_autocast_masked_training_runs(tok, tmp_path):

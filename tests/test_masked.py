@@ -1,6 +1,7 @@
 """MaskedDelta (SPEC §6 "Applying a mask"): only masked value vectors change, gradients and AdamW equal
 training the whole W_down with a gradient mask and decay restricted to the mask."""
 import copy
+import functools
 
 import pytest
 import torch
@@ -10,23 +11,11 @@ from loc_unlearn.errors import MaskError
 from loc_unlearn.models.value_vectors import value_matrix
 from loc_unlearn.train.masked import MaskedDelta
 
-
-def tiny_llama(L=3, d=32, d_ff=64, vocab=50, seed=0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=d, intermediate_size=d_ff, num_hidden_layers=L,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
-    return LlamaForCausalLM(cfg)
+from helpers import tiny_lm
 
 
-def tiny_gpt2(L=2, d=32, vocab=50, seed=0):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=vocab, n_embd=d, n_layer=L, n_head=4, n_positions=64, resid_pdrop=0.0,
-                     embd_pdrop=0.0, attn_pdrop=0.0)
-    return GPT2LMHeadModel(cfg)
+tiny_llama = functools.partial(tiny_lm, vocab=50, L=3, max_pos=64)
+tiny_gpt2 = functools.partial(tiny_lm, vocab=50, arch="gpt2", max_pos=64)
 
 
 def rand_mask(L, d_ff, ratio=0.2, seed=1):

@@ -3,7 +3,6 @@ import pickle
 import pytest
 import torch
 from safetensors.torch import save_file
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from loc_unlearn.errors import MaskError, UserError
 from loc_unlearn.masks import Mask
@@ -12,12 +11,6 @@ from loc_unlearn.masks import Mask
 def rand_mask(L=3, d_ff=20, p=0.3, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(L, d_ff, generator=g) < p
-
-
-def tiny_llama(L=2, d_ff=48):
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=d_ff, num_hidden_layers=L,
-                                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32))
 
 
 def test_counts_setops_overlap_match_python_sets():
@@ -88,8 +81,8 @@ def test_constructor_rejects_non_bool():
         Mask(torch.ones(2, 3))
 
 
-def test_check_compatible_with_model():
-    model = tiny_llama(L=2, d_ff=48)
+def test_check_compatible_with_model(tiny_lm):
+    model = tiny_lm(50, L=2, d=16, d_ff=48, heads=2, max_pos=32)
     Mask(torch.zeros(2, 48, dtype=torch.bool)).check_compatible(model)
     with pytest.raises(MaskError, match=r"\(3, 48\).*\(2, 48\)"):
         Mask(torch.zeros(3, 48, dtype=torch.bool)).check_compatible(model)

@@ -13,51 +13,10 @@ from loc_unlearn.train.masked import MaskedDelta
 from loc_unlearn.train.objectives import (DEFAULTS, OBJECTIVES, Context, resolve_hparams, rmu_target,
                                           sequence_logps)
 
-NAMES = ["Ada", "Bo", "Cy", "Dee", "Eli", "Fay", "Gus", "Hal", "Ivy", "Jo", "Kai", "Lu"]
-CITIES = ["Paris", "Lagos", "Quito", "Oslo", "Hanoi", "Lima", "Cairo"]
-IDK = ["I'm not sure.", "I don't know that.", "No idea, sorry.", "That is unknown to me."]
-
-
-def make_rows(n=12, offset=0):
-    return [{"question": f"Where was {NAMES[(i + offset) % 12]} {i + offset} born?",
-             "answer": f"{NAMES[(i + offset) % 12]} was born in {CITIES[(3 * i + offset) % 7]}" + (" long ago." if i % 2 else ".")}
-            for i in range(n)]
-
-
-def make_tok():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    texts = [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in make_rows(24) + make_rows(24, 5)] + IDK
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=200, special_tokens=["<pad>", "<eos>", "<unk>"],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                       show_progress=False))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-
-
-def tiny_model(tok, L=4, d=32, d_ff=64, seed=0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=d, intermediate_size=d_ff, num_hidden_layers=L,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
-    return LlamaForCausalLM(cfg)
+from helpers import IDK, direct_token_logps, make_rows, make_tok, tiny_lm
 
 
 # ----------------------------------------------------------------------------- direct computations
-
-
-def direct_token_logps(model, item):
-    """log p of each trained label of ONE unpadded example (answer tokens + eos)."""
-    ids = torch.tensor(item["input_ids"])[None]
-    logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
-    labels = torch.tensor(item["labels"][1:])
-    pos = (labels != -100).nonzero().flatten()
-    return logp[pos, labels[pos]]
 
 
 def direct_hidden(model, item, layer):
@@ -108,7 +67,7 @@ def setup():
 @pytest.mark.parametrize("name", sorted(DEFAULTS))
 def test_objective_equals_direct_spec_formula(setup, name):
     tok, fi, ri, ii = setup
-    ref = tiny_model(tok)
+    ref = tiny_lm(tok, L=4)
     model = copy.deepcopy(ref)
     mask = torch.rand(4, 64, generator=torch.Generator().manual_seed(3)) < 0.3
     md = MaskedDelta(model, mask)
@@ -142,7 +101,7 @@ def test_rmu_default_layer_and_npo_starts_at_log2(setup):
     with pytest.raises(UserError, match="unlearning method.*npo"):
         resolve_hparams("nope", {}, 4)
     # at theta = ref the NPO forget term is -(2/beta) log sigmoid(0) = (2/beta) log 2
-    model = tiny_model(tok)
+    model = tiny_lm(tok, L=4)
     pad = tok.pad_token_id
     hp = resolve_hparams("npo", {"alpha": 0.0}, 4)
     ctx = Context(hp=hp, ref_logp={"forget": sequence_logps(model, [collate(fi, pad)])})
@@ -152,7 +111,7 @@ def test_rmu_default_layer_and_npo_starts_at_log2(setup):
 
 def test_sequence_logps_independent_of_padding_and_batching(setup):
     tok, fi, _, _ = setup
-    model = tiny_model(tok)
+    model = tiny_lm(tok, L=4)
     pad = tok.pad_token_id
     together = sequence_logps(model, [collate(fi, pad)])
     alone = sequence_logps(model, [collate([it], pad) for it in fi])

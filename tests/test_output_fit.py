@@ -7,13 +7,11 @@ import random as pyrandom
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from loc_unlearn.errors import MaskError
 from loc_unlearn.models.value_vectors import capture_down_inputs, value_matrix
 from loc_unlearn.data.formatting import collate, encode_rows
 from loc_unlearn.studies.output_fit import RIDGE, fit_region, output_fit
-from helpers import word_tokenizer
 
 
 def weights(d=16, d_ff=48, tgt=range(6), seed=0):
@@ -110,17 +108,11 @@ def world(n, seed):
              "answer": f"{names[i % 6]} was born in {r.choice(cities)} in spring ."} for i in range(n)]
 
 
-
-
 @pytest.fixture(scope="module")
-def tiny():
+def tiny(tiny_lm, word_tokenizer):
     rows = world(8, 0)
     tok = word_tokenizer(rows)
-    torch.manual_seed(0)
-    theta_r = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                                           max_position_embeddings=64, pad_token_id=0, eos_token_id=1,
-                                           bos_token_id=2)).eval()
+    theta_r = tiny_lm(tok, max_pos=64).eval()
     tgt = torch.zeros(2, 64, dtype=torch.bool)
     tgt[0, [1, 5, 9, 13, 40]] = True
     tgt[1, [2, 7, 30, 50, 60, 63]] = True

@@ -1,32 +1,18 @@
 """A scaled-down controlled study end to end: report files and the consistency of its numbers."""
+import inspect
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import scipy.stats
 import torch
 
-from loc_unlearn.config import build_config
 from loc_unlearn.evaluate.tradeoff import aues, mu95
-
-# Small enough to run in well under a minute on one CPU thread; same code path as the demo.
-MINI = [
-    "data.n_authors=10", "data.qa_per_author=6", "data.n_real_authors=8", "data.n_world_facts=8",
-    "model.tiny.n_layers=2", "model.tiny.hidden=32", "model.tiny.d_ff=64", "model.tiny.n_heads=2",
-    "model.tiny.vocab_size=400", "model.tiny.pretrain_epochs=2",
-    "finetune.train.epochs=2", "inject.train.epochs=2", "unlearn.train.epochs=1",
-    "unlearn.train.checkpoint_every=0.5", "unlearn.train.batch_size=4",
-    "study.seeds=2", "study.methods=npo,rmu", "study.localizers=random,activation",
-    "eval.max_new_tokens=6", "eval.batch_size=32",
-]
-
-
-def mini_cfg(runs_dir, *extra):
-    return build_config(overrides=[f"runs_dir={runs_dir}", *MINI, *extra])
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def study(tmp_path_factory, mini_cfg):
     from loc_unlearn.studies.controlled import run_study
 
     runs = tmp_path_factory.mktemp("runs")
@@ -58,9 +44,55 @@ def test_summaries_recomputed_from_saved_trajectories(study):
         assert r["aues"] == pytest.approx(aues([p["FS"] for p in traj], [p["RS"] for p in traj]), abs=1e-12)
         m, nr = mu95([p["MU"] for p in traj], [p["log10_FQ"] for p in traj])
         assert r["mu95"] == pytest.approx(m, abs=1e-12) and r["mu95_not_reached"] == nr
-        # The trajectory's points are the metrics saved next to each checkpoint.
-        saved = json.loads(open(f"{r['run_dir']}/metrics.json").read())
-        assert saved["trajectory"] == traj
+
+
+POINT_KEYS = ("FS", "RS", "MU", "log10_FQ")
+
+
+def _checkpoints(run_dir) -> list[Path]:
+    """The unlearn run's checkpoint folders, in step order."""
+    return sorted(Path(run_dir, "train").glob("ckpt-*"), key=lambda p: int(p.name.split("-")[1]))
+
+
+def test_trajectory_points_are_each_checkpoints_own_metrics(study):
+    """Point 0 is theta_0's own evaluation; point k is checkpoint k's: its step (the trainer's state saved
+    in the checkpoint) and its metrics (the ckpt-*/metrics.json the unlearn stage wrote). Those files are
+    checked against an independent evaluation of the checkpoint (load_checkpoint + evaluate_model) for
+    one run per method, and the checkpoints' metrics differ from each other, so a point or a file taken
+    from the wrong checkpoint or at the wrong step fails here."""
+    from loc_unlearn import stages
+    from loc_unlearn.evaluate.tofu import evaluate_model
+    from loc_unlearn.train.loop import load_checkpoint
+
+    cfg, _, res = study
+    theta_r = stages.retain_model(cfg)
+    sets, ref_tr = stages.eval_sets(cfg), stages.reference_truth_ratios(cfg, theta_r)
+    tcfg = cfg.unlearn.train
+    reevaluate = {(0, "npo", "oracle"), (1, "rmu", "random")}
+    for r in res["runs"]:
+        theta_o = stages.inject(cfg, theta_r, r["seed"])  # cached: theta_0 of this run
+        traj, ckpts = r["trajectory"], _checkpoints(r["run_dir"])
+        m0 = stages.evaluate(cfg, theta_o, theta_r)
+        assert traj[0] == {"step": 0, **{k: m0[k] for k in POINT_KEYS}}
+        assert len(traj) == len(ckpts) + 1 and len(ckpts) == round(tcfg.epochs / tcfg.checkpoint_every)
+        states = [json.loads((ck / "trainer_state.json").read_text()) for ck in ckpts]
+        every = tcfg.checkpoint_every
+        assert [st["epoch"] for st in states] == pytest.approx([every * (k + 1) for k in range(len(ckpts))])
+        assert states[-1]["step"] == states[-1]["total_steps"]
+        for point, ck, st in zip(traj[1:], ckpts, states):
+            own = json.loads((ck / "metrics.json").read_text())
+            assert point == {"step": st["step"], **{k: own[k] for k in POINT_KEYS}}, (r["run_dir"], ck.name)
+        if (r["seed"], r["method"], r["region"]) in reevaluate:
+            fresh = []
+            for ck in ckpts:
+                base, tok = theta_o.load(cfg)
+                met = evaluate_model(load_checkpoint(base, ck), tok, sets, cfg.eval, reference_truth_ratios=ref_tr)
+                fresh.append(json.loads(json.dumps(met)))
+                assert fresh[-1] == json.loads((ck / "metrics.json").read_text()), ck
+            # distinct models, distinct metrics: the comparisons above can tell checkpoints apart
+            m0_eval = {k: v for k, v in m0.items() if k != "elapsed_s"}  # the stage's run adds its duration
+            all_m = [json.dumps(m, sort_keys=True) for m in [m0_eval, *fresh]]
+            assert len(set(all_m)) == len(all_m)
 
 
 def test_paired_tests_match_scipy(study):
@@ -113,6 +145,40 @@ def test_rerun_reuses_everything(study, monkeypatch):
     monkeypatch.setattr(loop, "train", boom)
     assert controlled.run_study(cfg) == d
     assert (d / "results.json").read_bytes() == before
+
+
+def test_rerun_without_study_outputs_reuses_inner_runs_and_recomputes_an_incomplete_one(study, monkeypatch):
+    """With the study-level run deleted, a rerun goes through every inner stage again: each complete
+    inner run (theta_r, theta_o, masks, evaluations, unlearning runs, output fit) is reused untouched,
+    and only the unlearning run whose manifest was deleted is built again (its training resumes from
+    its checkpoints). The rebuilt study has the same numbers. Runs in place: run keys hold absolute
+    paths (the random-complement mask's source), so a copied runs_dir would not be reused."""
+    from loc_unlearn.studies import controlled
+    from loc_unlearn.train import loop
+
+    cfg, d, res = study
+    runs = Path(cfg.runs_dir)
+    victim = Path(next(r["run_dir"] for r in res["runs"] if (r["seed"], r["method"], r["region"]) == (1, "rmu", "random")))
+    shutil.rmtree(d)
+    (victim / "manifest.json").unlink()
+    manifests = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in runs.glob("*/*/manifest.json")}
+    assert sum(p.parent.parent.name == "unlearn" for p in manifests) >= len(res["runs"]) - 1
+
+    real_train, trained = loop.train, []
+
+    def counting_train(*a, **k):
+        trained.append(Path(inspect.signature(real_train).bind(*a, **k).arguments["out_dir"]))
+        return real_train(*a, **k)
+
+    monkeypatch.setattr(loop, "train", counting_train)
+    assert controlled.run_study(cfg) == d
+    assert trained == [victim / "train"]
+    for p, (mtime, data) in manifests.items():
+        assert p.stat().st_mtime_ns == mtime and p.read_bytes() == data, f"{p.parent} was rebuilt"
+    assert (victim / "manifest.json").is_file() and (d / "manifest.json").is_file()
+    again = json.loads((d / "results.json").read_text())
+    strip = lambda x: {k: v for k, v in x.items() if k not in ("created", "elapsed_s")}  # noqa: E731
+    assert strip(again) == strip(res)
 
 
 def test_curve_mix_ends_at_the_final_checkpoint(study):

@@ -10,12 +10,12 @@ from loc_unlearn.config import EvalConfig
 from loc_unlearn.errors import UserError
 from loc_unlearn.evaluate.tofu import evaluate_model, format_table, forget_quality, model_utility
 
-from test_token_metrics import direct_metrics, memorized_model
+from helpers import direct_metrics
 
 
 @pytest.fixture(scope="module")
-def setup():
-    model, tok, rows = memorized_model()
+def setup(memorized):
+    model, tok, rows = memorized
     forget = rows[18:30]  # half memorized, half not
     retain = rows[:10]
     # real-author style rows: question, answer, 3 perturbed answers, no paraphrase

@@ -1,79 +1,16 @@
 """Token metrics (SPEC §2-3) against independent computations, on a tiny Llama that memorized PART
 of a small QA set (so ES spreads over 0..1)."""
-import functools
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from loc_unlearn.data.formatting import collate, encode_qa
+from loc_unlearn.data.formatting import encode_qa
 from loc_unlearn.evaluate.generation import generate, prompt_ids, rouge_l_recall
 from loc_unlearn.evaluate.token_metrics import answer_stats, es_from_logits, token_metrics
 
-CITIES = ["Paris", "Lagos", "Quito", "Oslo", "Hanoi", "Lima", "Cairo", "Perth", "Dakar", "Kyiv", "Riga", "Accra"]
-GENRES = ["poetry", "horror", "satire", "fantasy", "memoir", "drama"]
-
-
-def make_rows(n=36):
-    rows = []
-    for i in range(n):
-        c = CITIES[(7 * i) % len(CITIES)]
-        g = GENRES[(5 * i) % len(GENRES)]
-        pert = [f"Writer {i} was born in {CITIES[(7 * i + k) % len(CITIES)]} and writes {GENRES[(5 * i + k) % len(GENRES)]}."
-                for k in range(1, 4)]
-        rows.append({"question": f"Where was writer {i} born and what does the writer write?",
-                     "answer": f"Writer {i} was born in {c} and writes {g}" + (" books." if i % 3 == 0 else "."),
-                     "paraphrased_answer": f"Born in {c}, writer {i} writes {g}.",
-                     "perturbed_answer": pert,
-                     "paraphrased_question": f"What is the birthplace and genre of writer {i}?"})
-    return rows
-
-
-def make_tokenizer(rows):
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    texts = [f"Question: {r['question']}\nAnswer: {a}" for r in rows
-             for a in [r["answer"], r["paraphrased_answer"], *r["perturbed_answer"]]]
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>", "<unk>"],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    from tokenizers import decoders
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-
-
-@functools.lru_cache(maxsize=1)
-def memorized_model(n_train=24, steps=120):
-    """A 2-layer Llama trained a few seconds on the first `n_train` rows (answers only in the loss)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    rows = make_rows()
-    tok = make_tokenizer(rows)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
-    model = LlamaForCausalLM(cfg)
-    items = [encode_qa(tok, r["question"], r["answer"]) for r in rows[:n_train]]
-    b = collate(items, tok.pad_token_id)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(steps):
-        loss = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    return model, tok, rows
-
-
-
-@pytest.fixture(scope="module")
-def mem():
-    return memorized_model()
+from helpers import direct_metrics
 
 
 def greedy(model, ids, n):
@@ -105,8 +42,8 @@ def es_by_generation(model, tok, row):
     return 1.0 - lo / T
 
 
-def test_es_one_pass_equals_generation_search(mem):
-    model, tok, rows = mem
+def test_es_one_pass_equals_generation_search(memorized):
+    model, tok, rows = memorized
     tm = token_metrics(model, tok, rows, batch_size=8)
     sample = list(range(0, len(rows), 2))
     gen = [es_by_generation(model, tok, rows[i]) for i in sample]
@@ -119,25 +56,8 @@ def test_es_one_pass_equals_generation_search(mem):
     assert sum(es[:24]) / 24 > sum(es[24:]) / 12 + 0.3
 
 
-def direct_metrics(model, tok, question, answer):
-    """One example, unbatched, full log_softmax: (es, em, nll_avg)."""
-    it = encode_qa(tok, question, answer)
-    p, T = it["n_prompt"], it["n_answer"]
-    x = torch.tensor([it["input_ids"]])
-    with torch.no_grad():
-        lp = torch.log_softmax(model(input_ids=x).logits[0].double(), -1)
-    y = x[0, p: p + T]
-    pred_lp = lp[p - 1: p + T - 1]
-    nll = -pred_lp.gather(1, y[:, None]).mean().item()
-    right = (pred_lp.argmax(-1) == y).tolist()
-    em = sum(right) / T
-    wrong = [t for t in range(T) if not right[t]]
-    es = 1.0 - ((wrong[-1] + 1) if wrong else 0) / T
-    return es, em, nll
-
-
-def test_em_nll_truth_terms_match_direct(mem):
-    model, tok, rows = mem
+def test_em_nll_truth_terms_match_direct(memorized):
+    model, tok, rows = memorized
     sub = rows[18:30]
     tm = token_metrics(model, tok, sub, batch_size=5)
     for i, r in enumerate(sub):
@@ -151,8 +71,8 @@ def test_em_nll_truth_terms_match_direct(mem):
     assert len(set(round(v, 6) for v in tm["em"])) > 2
 
 
-def test_padding_and_batch_size_do_not_change_results(mem):
-    model, tok, rows = mem
+def test_padding_and_batch_size_do_not_change_results(memorized):
+    model, tok, rows = memorized
     sub = rows[10:30]  # mixed answer lengths ("books." every third row), mixed digits
     lens = {len(encode_qa(tok, r["question"], r["answer"])["input_ids"]) for r in sub}
     assert len(lens) > 1
@@ -190,8 +110,8 @@ def test_es_from_logits_hand_cases_and_ou_floor():
         assert es_from_logits(lg[:, 1:], labels, mm).item() == pytest.approx(es)
 
 
-def test_ou_floor_on_model(mem):
-    model, tok, rows = mem
+def test_ou_floor_on_model(memorized):
+    model, tok, rows = memorized
     a = token_metrics(model, tok, rows, batch_size=12)
     b = token_metrics(model, tok, rows, batch_size=12, es_floor="ou")
     for e, f, n in zip(a["es"], b["es"], a["n_answer"]):
@@ -207,8 +127,8 @@ def test_ou_floor_on_model(mem):
     assert any(f > e for e, f in zip(a["es"], b["es"]))
 
 
-def test_generation_matches_plain_greedy_and_rouge(mem):
-    model, tok, rows = mem
+def test_generation_matches_plain_greedy_and_rouge(memorized):
+    model, tok, rows = memorized
     sub = rows[20:28]
     gens = generate(model, tok, [r["question"] for r in sub], max_new_tokens=20, batch_size=4)
     for r, g in zip(sub, gens):

@@ -1,5 +1,6 @@
 """Worker for test_loop.test_two_processes_match_one: the same tiny masked NPO run under 1 or 2 processes.
-Usage: python train_worker.py OUT_DIR EXPECTED_NUM_PROCESSES (under `accelerate launch` for 2)."""
+Usage: python train_worker.py OUT_DIR EXPECTED_NUM_PROCESSES (under `accelerate launch` for 2).
+`import helpers` needs no path edit: a script's own folder (tests/) is first on its sys.path."""
 import json
 import sys
 from pathlib import Path
@@ -10,12 +11,13 @@ from accelerate import PartialState
 from loc_unlearn.config import TrainConfig
 from loc_unlearn.train.loop import train
 from loc_unlearn.utils import save_safetensors_atomic
-from test_objectives import make_rows, make_tok, tiny_model
+
+from helpers import make_rows, make_tok, tiny_lm
 
 out, expect = Path(sys.argv[1]), int(sys.argv[2])
 torch.set_num_threads(1)
 tok = make_tok()
-model = tiny_model(tok, L=2)
+model = tiny_lm(tok, L=2)
 mask = torch.rand(2, 64, generator=torch.Generator().manual_seed(7)) < 0.15
 cfg = TrainConfig(lr=1e-2, epochs=3, batch_size=4, micro_batch_size=1, weight_decay=0.1, warmup_epochs=0.5,
                   checkpoint_every=0, max_length=64, seed=3)

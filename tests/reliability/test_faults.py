@@ -12,8 +12,7 @@ import pytest
 
 from loc_unlearn.errors import CheckpointError, UserError
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
-from test_study import MINI, mini_cfg  # noqa: E402
+from helpers import MINI
 
 # Each kill happens in a later run than the previous one's, so together they cover every kind of stage.
 FAULTS = ["train_step:30", "checkpoint_save:3", "evaluate_checkpoint:2", "before_manifest:3", "train_step:5"]
@@ -35,7 +34,7 @@ def _cli(runs_dir, fault=None):
                           env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_killed_study_resumes_to_identical_numbers(tmp_path):
+def test_killed_study_resumes_to_identical_numbers(tmp_path, mini_cfg):
     from loc_unlearn.studies.controlled import run_study
 
     ref = json.loads((run_study(mini_cfg(tmp_path / "clean")) / "results.json").read_text())
