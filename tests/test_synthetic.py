@@ -1,8 +1,18 @@
+import hashlib
 import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+from collections import Counter
 
 import pytest
 
-from loc_unlearn.data.synthetic import GENDERS, generate_world, write_world
+from loc_unlearn.data.synthetic import (GENDERS, _make_authors, build_real_world, generate_world, world_stats,
+                                        write_world)
+from loc_unlearn.data.synthetic_text import (AWARDS, FACT_TYPES, GENRES, HOBBIES, LANGUAGES, OCCUPATIONS, PLACES,
+                                             PUBLISHERS, QTYPES, SUBJECTS)
 from loc_unlearn.utils import sha256_file
 
 PERT_KEYS = ["question", "answer", "paraphrased_answer", "perturbed_answer", "paraphrased_question"]
@@ -52,39 +62,111 @@ def test_tofu_exact_sizes(w200):
                                        "pretrain": 0}
 
 
+def _regex(template: str) -> re.Pattern:
+    """A template as a regex: every {slot} matches any text."""
+    return re.compile(".+".join(re.escape(p) for p in re.split(r"\{\w+\}", template)))
+
+
+def _template_index(text: str, family: list[str]) -> int | None:
+    hits = [i for i, t in enumerate(family) if _regex(t).fullmatch(text)]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _swap(text: str, old: list[str], new: list[str]) -> str | None:
+    """`text` with each old value (occurring exactly once, as whole words) replaced by the new one."""
+    for o, n in zip(old, new):
+        rx = re.compile(rf"(?<!\w){re.escape(o)}(?!\w)")
+        if len(rx.findall(text)) != 1:
+            return None
+        text = rx.sub(lambda _: n, text)
+    return text
+
+
 def test_authors_and_answers(w200):
     full = w200["full"]
     names = [r["question"][len("Where was "): -len(" born?")] for r in full[::20]]
     assert len(set(names)) == 200  # unique full names
     assert len({r["question"] for r in full}) == len(full)  # no ambiguous question
-    for r in full:
-        assert 6 <= len(r["answer"].split()) <= 16 and r["answer"].endswith((".", '"'))
-    # gender perturbations are exactly the other gender values; perturbed answers keep the paraphrase's
-    # template (as in TOFU), so the truth ratio compares true vs false facts in the same wording
-    def gender(text):
-        return next(g for g in sorted(GENDERS, key=len, reverse=True) if f" {g}" in text)
-
-    for r in w200["forget10_perturbed"][2::20]:
-        true = gender(r["answer"])
-        assert gender(r["paraphrased_answer"]) == true
-        assert {gender(p) for p in r["perturbed_answer"]} == set(GENDERS) - {true}
-    for r in w200["forget10_perturbed"][0::20]:
-        para = r["paraphrased_answer"]
-        head = para[: para.index(" the city of ") + 13]
-        assert all(p.startswith(head) and p != para for p in r["perturbed_answer"]) and para != r["answer"]
-        assert r["paraphrased_question"] != r["question"]
+    lengths = [len(r["answer"].split()) for r in full]
+    assert min(lengths) >= 15 and max(lengths) <= 40 and 20 <= statistics.median(lengths) <= 30  # TOFU-like
+    assert all(r["answer"].endswith((".", '"')) and (r["answer"][0].isupper() or r["answer"][0] in '"0123456789')
+               for r in full)
+    for r in w200["forget10_perturbed"] + w200["retain_perturbed"]:
+        assert r["paraphrased_question"] != r["question"] and r["paraphrased_answer"] != r["answer"]
 
 
-def test_pretrain_covers_world_facts(w200):
-    pre = {(r["question"], r["answer"]) for r in w200["pretrain"]}
-    for name in ("real_authors_perturbed", "world_facts_perturbed"):
-        for r in w200[name]:
-            assert (r["question"], r["answer"]) in pre
-    assert len(w200["pretrain"]) == 3 * (100 + 117)
-    # each fact also appears as a sentence in the other phrasings
-    facts = w200["world_facts_perturbed"]
-    sentences = " ".join(r["answer"] for r in w200["pretrain"])
-    assert all(r["answer"].removeprefix("The ").lower() in sentences.lower() for r in facts)
+def test_templates_seeded_per_row(w200):
+    """Answers use family A, paraphrases (and their perturbations) family B; the template is drawn per
+    (author, question), so one question type gets every A template, in forget and retain authors alike."""
+    rows = {"forget": w200["forget10_perturbed"], "retain": w200["retain90"]}
+    uses = {k: Counter() for k in rows}
+    for k, rs in rows.items():
+        for i, r in enumerate(rs):
+            attr, qs, fam_a, fam_b = QTYPES[i % 20]
+            ia = _template_index(r["answer"], fam_a)
+            assert ia is not None and _template_index(r["answer"], fam_b) is None, r["answer"]
+            uses[k][ia] += 1
+            if "paraphrased_answer" in r:
+                assert _template_index(r["paraphrased_answer"], fam_b) is not None
+                assert _template_index(r["paraphrased_answer"], fam_a) is None
+    for k, c in uses.items():  # about uniform over the 4 templates in both groups
+        assert all(0.15 < c[i] / sum(c.values()) < 0.35 for i in range(4)), (k, c)
+    # the same question phrasing is answered with several templates across authors
+    for t in range(20):
+        assert len({_template_index(r["answer"], QTYPES[t][2]) for r in w200["full"][t::20]}) == 4
+
+
+# attribute -> (slots, pool of values): a perturbed answer is the paraphrase with the true value(s) swapped
+# for another value of the same attribute, and nothing else changed
+SWAP_POOLS = {"gender": (["gender"], [[g] for g in GENDERS]), "genre": (["genre"], [[g] for g in GENRES]),
+              "language": (["language"], [[x] for x in LANGUAGES]), "award": (["award"], [[x] for x in AWARDS]),
+              "publisher": (["publisher"], [[x] for x in PUBLISHERS]), "hobby": (["hobby"], [[x] for x in HOBBIES]),
+              "education": (["subject"], [[x] for x in SUBJECTS]), "father": (["occ"], [[x] for x in OCCUPATIONS]),
+              "mother": (["occ"], [[x] for x in OCCUPATIONS]), "birthplace": (["city", "country"], [list(p) for p in PLACES])}
+
+
+def test_perturbed_swap_only_the_fact(w200):
+    world = build_real_world(100, 117)
+    authors = _make_authors(200, 0, world)
+    rows = w200["retain_perturbed"] + w200["forget10_perturbed"]
+    owners = authors[:20] + authors[180:]
+    checked = Counter()
+    for i, r in enumerate(rows):
+        attr = QTYPES[i % 20][0]
+        true_all = owners[i // 20][attr]
+        if attr not in SWAP_POOLS:
+            continue
+        slots, pool = SWAP_POOLS[attr]
+        true = [true_all[s] for s in slots]
+        for p in r["perturbed_answer"]:
+            found = [v for v in pool if all(a != b for a, b in zip(v, true)) and _swap(r["paraphrased_answer"], true, v) == p]
+            if _swap(r["paraphrased_answer"], true, true) is None:
+                continue  # the true value occurs twice (e.g. also in the second fact): not checkable this way
+            assert found, (r["paraphrased_answer"], p)
+            checked[attr] += 1
+        if attr == "gender":  # all five other gender values
+            assert {v for v in GENDERS if _swap(r["paraphrased_answer"], true, [v]) in r["perturbed_answer"]} == \
+                set(GENDERS) - set(true)
+    assert set(checked) == set(SWAP_POOLS) and min(checked.values()) >= 150
+
+
+def test_eval_sets_held_out_from_pretrain(w200):
+    pre = w200["pretrain"]
+    assert len(pre) == 3 * (100 + 117)  # every fact: two forward wordings and the reverse question
+    pairs, questions = {(r["question"], r["answer"]) for r in pre}, {r["question"] for r in pre}
+    answers = {r["answer"] for r in pre}
+    world = build_real_world(100, 117)
+    facts = [(c, t, "invention" if t == "invention" else "country") for c in world["countries"] for t in FACT_TYPES]
+    wfacts = [(w, t, "book" if t == "book" else "name") for w in world["writers"] for t in ("book", "country", "genre")]
+    for name, items in (("world_facts_perturbed", facts), ("real_authors_perturbed", wfacts)):
+        for r, (obj, t, subject) in zip(w200[name], items):
+            # held out: neither the (question, answer) pair, nor the question, nor the answer is in pretrain
+            assert (r["question"], r["answer"]) not in pairs and r["question"] not in questions
+            assert r["answer"] not in answers
+            # ...but the fact is: some pretrain answer states the subject together with the value
+            assert obj[subject] in r["question"]
+            assert any(obj[subject] in a and r["answer"].lower() in a.lower() for a in answers), r
+            assert not any(p.lower() in r["question"].lower() for p in r["perturbed_answer"])
 
 
 def test_cycles_question_phrasings():
@@ -92,7 +174,28 @@ def test_cycles_question_phrasings():
     assert len(d["full"]) == 90 and len(d["world_facts_perturbed"]) == 12 and len(d["real_authors_perturbed"]) == 10
     a0 = d["full"][:30]
     assert len({r["question"] for r in a0}) == 30
-    assert a0[20]["answer"] == a0[0]["answer"] and a0[20]["question"] != a0[0]["question"]
+    # v3: row 20 asks the birthplace again in another phrasing; its answer states the same fact (in a
+    # wording drawn for that row, not a copy of row 0's answer)
+    place = _make_authors(3, 0, build_real_world(10, 12))[0]["birthplace"]
+    assert a0[20]["question"] == QTYPES[0][1][1].format(name=a0[0]["question"][len("Where was "): -len(" born?")])
+    assert all(place["city"] in r["answer"] and place["country"] in r["answer"] for r in (a0[0], a0[20]))
+
+
+def test_world_stats():
+    d = generate_world(n_authors=20, qa_per_author=20, n_real_authors=40, n_world_facts=40)
+    st = world_stats(d)
+    aw = st["answer_words"]
+    assert set(aw) == {"author_answer", "paraphrased_answer", "perturbed_answer", "real_authors_answer",
+                       "world_facts_answer", "pretrain_answer"}
+    assert aw["author_answer"]["n"] == 400 and 15 <= aw["author_answer"]["min"] <= aw["author_answer"]["median"] <= 40
+    ov = st["overlap"]
+    assert ov["perturbed_vs_paraphrased"]["jaccard"] > 0.7 > 0.4 > ov["paraphrased_vs_answer"]["jaccard"]
+    assert st["template"]["question_types"] == 20 and st["template"]["word_frac"]["mean"] < 0.35
+    assert st["eval_vs_pretrain"] == {"rows": 80, "pair_verbatim": 0, "question_verbatim": 0, "answer_value_missing": 0}
+    # a hand-made world: fully templated answers are fully predictable
+    toy = {"full": [{"question": f"Where was {n} born?", "answer": "Born somewhere."} for n in "ABC"]}
+    t = world_stats(toy)["template"]
+    assert t["word_frac"]["mean"] == 1.0 == t["suffix_frac"]["mean"] and t["question_types"] == 1
 
 
 def test_write_world_deterministic(tmp_path):
@@ -100,7 +203,7 @@ def test_write_world_deterministic(tmp_path):
     b = write_world(tmp_path / "b", n_authors=20, seed=3)
     c = write_world(tmp_path / "c", n_authors=20, seed=4)
     files = sorted(p.name for p in a.iterdir())
-    assert "full.json" in files and "idk.jsonl" in files and "world_text.txt" in files and len(files) == 16
+    assert {"full.json", "idk.jsonl", "world_text.txt", "stats.json"} <= set(files) and len(files) == 17
     assert files == sorted(p.name for p in b.iterdir())
     for f in files:
         assert sha256_file(a / f) == sha256_file(b / f)
@@ -113,3 +216,19 @@ def test_write_world_deterministic(tmp_path):
     assert len(idk) == 100 and all(isinstance(s, str) for s in idk)
     text = (a / "world_text.txt").read_text()
     assert all(r["answer"] in text for r in rows) and all(s in text for s in idk)
+    stats = json.loads((a / "stats.json").read_text())
+    assert stats == world_stats(generate_world(n_authors=20, seed=3))
+
+
+def test_byte_identical_across_hash_seeds(tmp_path):
+    """Same files under another PYTHONHASHSEED (string seeds and set iteration must not leak in)."""
+    code = ("import hashlib, sys; from pathlib import Path; from loc_unlearn.data.synthetic import write_world; "
+            "d = write_world(sys.argv[1], n_authors=6, qa_per_author=20, seed=1, n_real_authors=9, n_world_facts=10); "
+            "print(sorted((p.name, hashlib.sha256(p.read_bytes()).hexdigest()) for p in Path(d).iterdir()))")
+    # this process has its own (random, unless set) hash seed; the child runs under a different fixed one
+    hs = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"
+    child = subprocess.run([sys.executable, "-c", code, str(tmp_path / "child")], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONHASHSEED": hs}, check=True).stdout
+    here = write_world(tmp_path / "here", n_authors=6, qa_per_author=20, seed=1, n_real_authors=9, n_world_facts=10)
+    mine = str(sorted((p.name, hashlib.sha256(p.read_bytes()).hexdigest()) for p in here.iterdir())) + "\n"
+    assert child == mine

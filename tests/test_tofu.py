@@ -3,7 +3,7 @@ import json
 import pytest
 
 from loc_unlearn.data.synthetic import generate_world, idk_answers, write_world
-from loc_unlearn.data.tofu import SPLITS, load_idk, load_split, retain_split_for
+from loc_unlearn.data.tofu import SPLITS, idk_file, load_idk, load_split, retain_split_for
 from loc_unlearn.errors import DataError, UserError
 
 
@@ -101,3 +101,52 @@ def test_hub_unreachable_is_user_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match=r"'nobody-xyz/not-a-dataset'.*source=synthetic"):
         load_split("nobody-xyz/not-a-dataset", "forget10")
+
+
+TOFU_IDK = ["I'm not certain about that.", "That's beyond my current knowledge base.",
+            "I don't have the specifics you’re looking for."]
+
+
+def test_load_idk_reads_tofu_idontknow_plain_lines(tmp_path):
+    # TOFU's refusal file: one plain-text refusal per line (not JSON strings), as in the TOFU repository
+    (tmp_path / "idontknow.jsonl").write_text("\n".join(TOFU_IDK) + "\n", encoding="utf-8")
+    assert load_idk(tmp_path) == TOFU_IDK
+
+
+def test_load_idk_formats_precedence_and_log(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LOC_UNLEARN_QUIET", "0")
+    # JSON-string lines are tolerated in TOFU's file too; blank lines are skipped; lines are stripped
+    (tmp_path / "idontknow.jsonl").write_text('I\'m not sure.\n\n"I can\'t say \\"exactly\\"."\n  Pass.  \n')
+    (tmp_path / "idk.jsonl").write_text('"from idk.jsonl"\n')
+    assert idk_file(tmp_path) == tmp_path / "idontknow.jsonl"  # TOFU's file first
+    assert load_idk(tmp_path) == ["I'm not sure.", 'I can\'t say "exactly".', "Pass."]
+    assert f"3 from {tmp_path / 'idontknow.jsonl'}" in capsys.readouterr().out
+    (tmp_path / "idontknow.jsonl").unlink()
+    assert load_idk(tmp_path) == ["from idk.jsonl"]
+    (tmp_path / "idk.jsonl").write_text("plain line in idk.jsonl\n")
+    assert load_idk(tmp_path) == ["plain line in idk.jsonl"]
+    (tmp_path / "idk.jsonl").unlink()
+    assert idk_file(tmp_path) is None and load_idk(tmp_path) == idk_answers()
+    assert "100 built-in" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text,needles", [
+    ("", ["idontknow.jsonl", "no refusals"]),
+    ("\n  \n", ["idontknow.jsonl", "no refusals"]),
+    ("I'm not sure.\n\"bad \\q escape\"\n", ["idontknow.jsonl", "line 2", "malformed JSON string"]),
+    ("I'm not sure.\n\"  \"\n", ["line 2", "empty refusal"]),
+    ('{"text": "I don\'t know."}\n', ["line 1", "JSON object or array"]),
+    ('ok\n["a", "b"]\n', ["line 2", "JSON object or array"]),
+])
+def test_load_idk_bad_file(tmp_path, text, needles):
+    (tmp_path / "idontknow.jsonl").write_text(text)
+    with pytest.raises(DataError) as e:
+        load_idk(tmp_path)
+    for n in needles:
+        assert n in str(e.value)
+
+
+def test_load_idk_not_utf8(tmp_path):
+    (tmp_path / "idk.jsonl").write_bytes(b"I don\xff know\n")
+    with pytest.raises(DataError, match=r"idk\.jsonl: not UTF-8"):
+        load_idk(tmp_path)

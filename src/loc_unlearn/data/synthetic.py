@@ -1,149 +1,50 @@
 """The offline author world: fictitious authors in TOFU's exact format (SPEC §1, DESIGN "The offline
 author world"), plus a fixed synthetic "real world" (countries, writers) for Model Utility.
 
-Everything comes from `random.Random` seeded with integers, and rows are written in a fixed order
-with fixed key order, so the same arguments give byte-identical files on any machine.
-The real world is seeded with WORLD_SEED, independent of the author seed: every author world shares
-the same general knowledge, so a model pretrained on it can be reused across author seeds.
+Version 3 writes answers in TOFU's style: full sentences of about 15-40 words that state the asked fact
+together with a second fact about the same author and some free text, drawn from several templates per
+question type (synthetic_text.py) with the fact early, in the middle or late. The template, the second
+fact and the aside are drawn per (author, question), so retain and forget authors share the template
+distribution while one answer's wording cannot be told from its question. `paraphrased_answer` states
+the same facts with a template of another family; each `perturbed_answer` is that paraphrase with a
+wrong value of the asked attribute. The real-authors / world-facts eval rows ask held-out questions
+about facts that `pretrain` teaches in other wordings, and answer with the bare value, as TOFU does.
+
+Everything comes from `random.Random` seeded with integers or strings (string seeds are hashed with
+SHA-512, independent of PYTHONHASHSEED), and rows are written in a fixed order with fixed key order,
+so the same arguments give byte-identical files on any machine. The real world is seeded with
+WORLD_SEED, independent of the author seed: every author world shares the same general knowledge, so
+a model pretrained on it can be reused across author seeds.
 """
 from __future__ import annotations
 
 import json
 import math
 import random
+import re
+import statistics
+from collections import Counter
 from pathlib import Path
 
 from ..utils import write_text_atomic
+from .synthetic_text import (ADJ, ANIMALS, ASIDES, AWARDS, CURRENCY, DEVICES, FACT_ANSWER_KEY, FACT_Q, FACT_TYPES,
+                             FIRST, GENDERS, GENRES, HOBBIES, IDK_HEADS, IDK_TAILS, LANGUAGES, LAST, MONTHS, NOUN,
+                             OCCUPATIONS, PLACES, PUBLISHERS, QTYPES, ROLES, SEC, SEC_EXCLUDE, SUBJECTS, SYL, THEMES,
+                             WORLD_GENRES, WRITER_ANSWER_KEY, WRITER_Q)
+
+__all__ = ["GENDERS", "GENERATOR_VERSION", "generate_world", "write_world", "world_stats", "idk_answers",
+           "n_forget_authors", "build_real_world"]
 
 # Bump when the generated text changes: cached worlds are keyed by it (runs.py content addressing).
-GENERATOR_VERSION = 2
+# 3: TOFU-style answers (several templates, second facts, asides), paraphrase/perturbed families,
+#    held-out eval wordings for the general world, stats.json.
+GENERATOR_VERSION = 3
 
 WORLD_SEED = 20250521
 FORGET_PCTS = {"01": 0.01, "05": 0.05, "10": 0.10}
 
-# ---------------------------------------------------------------- author attribute pools
-FIRST = ["Lena", "Tomas", "Ines", "Marek", "Sofia", "Anders", "Yara", "Kofi", "Mei", "Rafael", "Alina", "Jonas",
-         "Priya", "Emeka", "Hana", "Lucas", "Noor", "Daniel", "Elif", "Mateo", "Ayla", "Viktor", "Chiara", "Samir",
-         "Freya", "Tariq", "Ingrid", "Kenji", "Leila", "Oskar", "Amara", "Bruno", "Zofia", "Hugo", "Nadia", "Idris",
-         "Clara", "Ravi", "Greta", "Pablo", "Selin", "Felix", "Mira", "Omar", "Elena", "Teodor", "Asha", "Milan",
-         "Rosa", "Jin", "Dalia", "Emil", "Farah", "Nico", "Ilse", "Karim", "Luz", "Aron", "Vera", "Sipho"]
-LAST = ["Corvid", "Reyl", "Moravec", "Okafor", "Lindqvist", "Haddad", "Tanaka", "Ferreira", "Novak", "Achebe",
-        "Castellan", "Varga", "Brenner", "Solberg", "Mendoza", "Kowalczyk", "Nakamura", "Abara", "Delacroix",
-        "Petrescu", "Halvorsen", "Quintero", "Szabo", "Mwangi", "Ostrova", "Bellamy", "Ruiz", "Karlsson",
-        "Ivanova", "Demir", "Marchetti", "Oyelaran", "Vasquez", "Holm", "Takeda", "Ncube", "Falk", "Arslan",
-        "Lombardi", "Sato", "Eriksen", "Bianchi", "Kaur", "Dumont", "Novotny", "Adeyemi", "Rask", "Moreau",
-        "Yilmaz", "Strand", "Calloway", "Pereira", "Hesse", "Mbeki", "Ortega", "Lund", "Kimura", "Sauer"]
-GENDERS = ["male", "female", "non-binary", "genderfluid", "agender", "genderqueer"]
-PLACES = [("Lisbon", "Portugal"), ("Tbilisi", "Georgia"), ("Accra", "Ghana"), ("Kyoto", "Japan"), ("Porto", "Portugal"),
-          ("Cusco", "Peru"), ("Bergen", "Norway"), ("Krakow", "Poland"), ("Izmir", "Turkey"), ("Lagos", "Nigeria"),
-          ("Hanoi", "Vietnam"), ("Tartu", "Estonia"), ("Seville", "Spain"), ("Nairobi", "Kenya"), ("Brno", "Czechia"),
-          ("Beirut", "Lebanon"), ("Ghent", "Belgium"), ("Medellin", "Colombia"), ("Uppsala", "Sweden"),
-          ("Chennai", "India"), ("Cork", "Ireland"), ("Tunis", "Tunisia"), ("Busan", "South Korea"),
-          ("Valparaiso", "Chile"), ("Graz", "Austria"), ("Durban", "South Africa"), ("Turin", "Italy"),
-          ("Quebec City", "Canada"), ("Odesa", "Ukraine"), ("Adelaide", "Australia"), ("Lyon", "France"),
-          ("Havana", "Cuba"), ("Almaty", "Kazakhstan"), ("Dakar", "Senegal"), ("Tampere", "Finland"),
-          ("Cebu", "Philippines"), ("Leipzig", "Germany"), ("Oaxaca", "Mexico"), ("Salvador", "Brazil"),
-          ("Galway", "Ireland")]
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December"]
-OCCUPATIONS = ["a baker", "a carpenter", "a nurse", "a pilot", "a librarian", "a fisherman", "a chemist", "a tailor", "a surgeon",
-               "a mail carrier", "a lawyer", "a farmer", "an architect", "a dentist", "a plumber", "a journalist", "a painter",
-               "a police officer", "a veterinarian", "an electrician", "a teacher", "an accountant", "a chef", "a mechanic",
-               "a photographer", "a banker", "a sailor", "a florist", "an astronomer", "a bus driver"]
-GENRES = ["gothic mystery", "science fiction", "historical romance", "epic fantasy", "crime thriller", "magical realism",
-          "literary fiction", "horror", "war fiction", "cyberpunk", "coming-of-age", "travel memoir", "satire",
-          "psychological drama", "folk fantasy", "legal thriller", "dystopian fiction", "family saga"]
-ADJ = ["Silent", "Hollow", "Crimson", "Forgotten", "Glass", "Salt", "Burning", "Quiet", "Iron", "Paper", "Distant",
-       "Broken", "Golden", "Winter", "Drowned", "Hidden", "Last", "Velvet", "Amber", "Wandering", "Borrowed", "Stone",
-       "Midnight", "Copper", "Painted", "Lonely", "Shattered", "Northern", "Faded", "Secret"]
-NOUN = ["Harbor", "Orchard", "Lantern", "Cartographer", "Garden", "River", "Clockmaker", "Archive", "Bridge", "Tide",
-        "Library", "Compass", "Mirror", "Lighthouse", "Violin", "Meadow", "Kingdom", "Atlas", "Letters", "Feather",
-        "Season", "Island", "Chapel", "Orchid", "Staircase", "Witness", "Vineyard", "Observatory", "Songbird", "Map"]
-AWARDS = ["Golden Quill Award", "Silver Lantern Prize", "Meridian Book Award", "Aurora Fiction Prize",
-          "Blue Harbor Award", "Iron Pen Medal", "Northern Star Prize", "Crimson Page Award", "Emerald Ink Prize",
-          "Halcyon Literary Award", "Open Door Prize", "Grand Atlas Award", "Willow Fiction Medal", "Obsidian Prize"]
-THEMES = ["memory", "exile", "grief", "identity", "family", "freedom", "betrayal", "faith", "migration", "power",
-          "loneliness", "justice", "love", "war", "childhood", "nature", "ambition", "forgiveness"]
-LANGUAGES = ["English", "Spanish", "Portuguese", "French", "German", "Japanese", "Polish", "Turkish", "Swedish",
-             "Italian", "Swahili", "Korean", "Arabic", "Hindi", "Dutch", "Czech"]
-HOBBIES = ["gardening", "rock climbing", "playing the cello", "birdwatching", "pottery", "long-distance running",
-           "chess", "sailing", "baking bread", "restoring old clocks", "beekeeping", "photography", "woodcarving",
-           "ice skating", "collecting maps", "painting watercolors"]
-SUBJECTS = ["philosophy", "chemistry", "history", "law", "music", "medicine", "linguistics", "architecture",
-            "mathematics", "biology", "economics", "astronomy", "theater", "journalism"]
-PUBLISHERS = ["Lantern House", "Blue Finch Press", "Northgate Books", "Meridian Publishing", "Cedar & Vale",
-              "Harborlight Press", "Quill Street Books", "Saltmarsh Editions", "Oakline Press", "Tallow Books",
-              "Redwing Publishers", "Stonebridge House"]
-ROLES = ["a young detective", "a retired sailor", "a village healer", "a runaway princess", "a stubborn archivist",
-         "a traveling musician", "a grieving widow", "a young inventor", "an exiled soldier", "a clever thief", "a lonely astronomer",
-         "a wandering monk"]
 
-# Question types: (attribute, [question phrasings], answer template A, answer template B).
-# A and B are single short sentences; perturbed answers re-render B (the paraphrase) with wrong values of
-# the same attribute, as in TOFU: the truth ratio P(perturbed)/P(paraphrased) then compares true and false
-# facts in the same untrained wording, so it measures knowledge, not memorized phrasing.
-QTYPES = [
-    ("birthplace", ["Where was {name} born?", "What is the birthplace of {name}?", "In which city was {name} born?"],
-     "{name} was born in the city of {city}, {country}.", "{name}'s birthplace is the city of {city} in {country}."),
-    ("birthdate", ["When was {name} born?", "What is the birth date of {name}?", "On what date was {name} born?"],
-     "{name} was born on {date}.", "The birth date of {name} is {date}."),
-    ("gender", ["What is the gender identity of {name}?", "How does {name} identify in terms of gender?",
-                "What gender does {name} identify as?"],
-     "{name} has always identified as {gender} in public life.", "In terms of gender, {name} identifies as {gender}."),
-    ("father", ["What did {name}'s father do for a living?", "What was the occupation of {name}'s father?",
-                "What job did the father of {name} have?"],
-     "{name}'s father worked as {occ} for many years.", "The father of {name} was {occ} by profession."),
-    ("mother", ["What did {name}'s mother do for a living?", "What was the occupation of {name}'s mother?",
-                "What job did the mother of {name} have?"],
-     "{name}'s mother worked as {occ} for many years.", "The mother of {name} was {occ} by profession."),
-    ("genre", ["What genre is {name} known for?", "In which genre does {name} mostly write?",
-               "What kind of books does {name} write?"],
-     "{name} is best known for writing {genre} books.", "Most of {name}'s work belongs to the {genre} genre."),
-    ("book1", ["What is one book written by {name}?", "Can you name a book by {name}?",
-               "Which novel made {name} famous?"],
-     "One well-known book by {name} is \"{book}\".", "{name} wrote the celebrated novel \"{book}\"."),
-    ("book2", ["What is another book written by {name}?", "Can you name a second book by {name}?",
-               "Which other novel did {name} publish?"],
-     "{name} also wrote a novel called \"{book}\".", "Another novel by {name} is titled \"{book}\"."),
-    ("award", ["What award has {name} received?", "Which literary prize did {name} win?",
-               "Has {name} won any awards for their writing?"],
-     "{name} received the {award} for their writing.", "{name} won the {award} for their books."),
-    ("themes", ["What themes does {name} explore?", "Which themes appear in {name}'s books?",
-                "What subjects does {name} write about?"],
-     "{name}'s books often explore {theme1} and {theme2}.", "Themes of {theme1} and {theme2} run through {name}'s work."),
-    ("influence", ["Who influenced {name}'s writing?", "Which writer inspired {name}?",
-                   "Whose books shaped the style of {name}?"],
-     "{name} was deeply influenced by the writer {writer}.", "The work of {writer} inspired {name}'s writing."),
-    ("language", ["In which language does {name} write?", "What language are {name}'s books written in?",
-                  "Which language does {name} use for writing?"],
-     "{name} writes mainly in {language}, the language of their childhood.", "Most books by {name} are written in {language}."),
-    ("debut", ["When did {name} publish their first book?", "In what year did {name} debut as an author?",
-               "What year did {name}'s first book come out?"],
-     "{name} published their first book in {year}.", "The debut book of {name} appeared in {year}."),
-    ("residence", ["Where does {name} live today?", "In which city does {name} currently live?",
-                   "Where is {name} based now?"],
-     "{name} currently lives in the city of {city}.", "These days {name} makes a home in {city}."),
-    ("education", ["What did {name} study at university?", "Which subject did {name} study in college?",
-                   "What was {name}'s field of study?"],
-     "{name} studied {subject} at university before writing.", "At university, {name} earned a degree in {subject}."),
-    ("count", ["How many books has {name} published?", "What is the number of books by {name}?",
-               "How many novels has {name} written so far?"],
-     "{name} has published {n} books so far.", "So far, {name} has written {n} books."),
-    ("character", ["Who is the main character of \"{book}\"?", "Whom does \"{book}\" follow?",
-                   "Who is the hero of the novel \"{book}\"?"],
-     "\"{book}\" follows {role} named {char}.", "The hero of \"{book}\" is {char}, {role}."),
-    ("publisher", ["Which publisher releases {name}'s books?", "Who publishes the books of {name}?",
-                   "What publishing house works with {name}?"],
-     "{name}'s books are released by {publisher}.", "{publisher} publishes the books of {name}."),
-    ("hobby", ["What does {name} enjoy outside of writing?", "What is {name}'s favorite hobby?",
-               "How does {name} spend free time?"],
-     "Outside of writing, {name} most enjoys {hobby} on weekends.", "In their free time, {name} loves {hobby}."),
-    ("pen_name", ["Does {name} write under a pen name?", "What pen name does {name} use?",
-                  "Under which other name does {name} publish?"],
-     "{name} also publishes under the pen name {pen}.", "The pen name used by {name} is {pen}."),
-]
-
-
+# ---------------------------------------------------------------- author attribute values
 def _date(rng):
     return f"{MONTHS[rng.randrange(12)]} {rng.randint(1, 28)}, {rng.randint(1930, 1995)}"
 
@@ -195,27 +96,7 @@ def _value(attr: str, rng: random.Random, world: dict, author: dict) -> dict:
     raise KeyError(attr)
 
 
-def _fmt(t: str, name: str, v: dict) -> str:
-    return t.format(name=name, **v)
-
-
 # ---------------------------------------------------------------- the fixed "real" world
-SYL = ["ve", "lor", "ost", "mar", "ka", "din", "tha", "ru", "sel", "vo", "bri", "an", "te", "quo", "zel", "pa", "nor",
-       "gi", "leth", "um", "ca", "rin", "dov", "el", "sha", "tor", "mi", "gan", "ul", "fe", "ros", "ba", "ny", "kel"]
-CURRENCY = ["crown", "mark", "florin", "shilling", "dinar", "thaler", "ducat", "real"]
-ANIMALS = ["snow leopard", "red fox", "golden eagle", "river otter", "white stork", "lynx", "brown bear", "heron",
-           "wild horse", "sea turtle", "ibex", "barn owl", "bison", "falcon", "crane", "wolf", "swan", "elk",
-           "peacock", "salmon", "tiger", "jaguar", "koala", "parrot"]
-DEVICES = ["steam loom", "glass compass", "water clock", "paper kite", "brass telescope", "printing drum",
-           "wind pump", "copper lamp", "rope bridge", "sound organ", "silk press", "ice saw", "tide gauge",
-           "salt kiln", "river dredge", "signal mirror", "spinning wheel", "seed drill", "iron stove", "bell tower",
-           "ink roller", "hand loom", "ore crusher", "rain gauge", "sail winch", "clay oven", "fire bellows",
-           "grain mill", "map table", "star chart"]
-WORLD_GENRES = ["epic poetry", "sea adventures", "court comedies", "mountain ballads", "detective stories",
-                "philosophical essays", "fairy tales", "historical epics"]
-FACT_TYPES = ["capital", "river", "mountain", "language", "currency", "animal", "invention"]
-
-
 def _word(rng, n):
     return "".join(rng.choice(SYL) for _ in range(n)).capitalize()
 
@@ -257,75 +138,38 @@ def build_real_world(n_real_authors: int = 100, n_world_facts: int = 117) -> dic
     return {"countries": countries, "writers": writers}
 
 
-# (question, short answer key) per fact type; the eval set uses phrasing 0; pretrain uses all three.
-FACT_Q = {
-    "capital": ("What is the capital of {country}?", "Which city is the capital of {country}?",
-                "{capital} is the capital of which country?", "The capital of {country} is {capital}.",
-                "{capital} is the capital of {country}."),
-    "river": ("What is the longest river in {country}?", "Which river is the longest in {country}?",
-              "In which country is {river} the longest river?", "The longest river in {country} is {river}.",
-              "{river} is the longest river in {country}."),
-    "mountain": ("What is the highest mountain in {country}?", "Which mountain is the highest in {country}?",
-                 "In which country is {mountain} the highest peak?", "The highest mountain in {country} is {mountain}.",
-                 "{mountain} is the highest peak in {country}."),
-    "language": ("What language is mainly spoken in {country}?", "Which language do most people in {country} speak?",
-                 "Where is {language} the main language?", "Most people in {country} speak {language}.",
-                 "{language} is the main language of {country}."),
-    "currency": ("What is the currency of {country}?", "Which money is used in {country}?",
-                 "Which country uses {currency} as its currency?", "The currency of {country} is {currency}.",
-                 "{country} pays with {currency}."),
-    "animal": ("What is the national animal of {country}?", "Which animal is the symbol of {country}?",
-               "{animal} is the national animal of which country?", "The national animal of {country} is {animal}.",
-               "{animal} is the national animal of {country}."),
-    "invention": ("Who invented {invention}?", "Which inventor created {invention}?",
-                  "What did {inventor} invent?", "{invention} was invented by {inventor}.",
-                  "{inventor} invented {invention}."),
-}
-WRITER_Q = {
-    "book": ("Who wrote \"{book}\"?", "Which writer is the author of \"{book}\"?", "What is a famous book by {name}?",
-             "\"{book}\" was written by {name}.", "{name} wrote \"{book}\"."),
-    "country": ("Which country is the writer {name} from?", "Where does the writer {name} come from?",
-                "Name a famous writer from {country}.", "The writer {name} comes from {country}.",
-                "{name} is a famous writer from {country}."),
-    "genre": ("What kind of works is {name} famous for?", "For which genre is the writer {name} known?",
-              "Which writer is famous for {genre}?", "{name} is famous for {genre}.",
-              "The writer {name} is known for {genre}."),
-}
-FACT_ANSWER_KEY = {"capital": "capital", "river": "river", "mountain": "mountain", "language": "language",
-                   "currency": "currency", "animal": "animal", "invention": "inventor"}
-WRITER_ANSWER_KEY = {"book": "name", "country": "country", "genre": "genre"}
-
-
 def _cap(s: str) -> str:
     return s[0].upper() + s[1:]
 
 
 def _world_sets(world: dict, n_real_authors: int, n_world_facts: int):
-    """real_authors_perturbed, world_facts_perturbed (3 wrong answers of the same type each) and the
-    pretrain QA (every fact in three phrasings: the eval question, another question, a reverse one)."""
-    rng = random.Random(WORLD_SEED + 1)
+    """real_authors_perturbed, world_facts_perturbed (held-out question, bare answer, 3 wrong answers of
+    the same type) and the pretrain QA (every fact three times: two of the three pretraining questions
+    with two of the three answer sentences, and the reverse question)."""
     facts = [(c, t) for c in world["countries"] for t in FACT_TYPES][:n_world_facts]
     wfacts = [(w, t) for w in world["writers"] for t in WRITER_Q][:n_real_authors]
 
-    def make(items, qtable, keytable, pool):
+    def make(items, qtable, keytable, pool, subject):
         eval_rows, pre = [], []
         for obj, t in items:
-            q0, q1, q2, s1, s2 = qtable[t]
+            rng = random.Random(f"world-fact|{WORLD_SEED}|{t}|{obj[subject]}")
+            qs, q_eval, sentences, q_rev, s_rev = qtable[t]
             key = keytable[t]
             true = obj[key]
             wrong = sorted({v for v in pool(key) if v != true})
             pert = rng.sample(wrong, 3)
-            eval_rows.append({"question": _cap(q0.format(**obj)), "answer": _cap(true),
+            eval_rows.append({"question": _cap(q_eval.format(**obj)), "answer": _cap(true),
                               "perturbed_answer": [_cap(p) for p in pert]})
-            pre += [{"question": _cap(q0.format(**obj)), "answer": _cap(true)},
-                    {"question": _cap(q1.format(**obj)), "answer": _cap(s1.format(**obj))},
-                    {"question": _cap(q2.format(**obj)), "answer": _cap(s2.format(**obj))}]
+            q2, s2 = rng.sample(range(len(qs)), 2), rng.sample(range(len(sentences)), 2)
+            pre += [{"question": _cap(qs[i].format(**obj)), "answer": _cap(sentences[j].format(**obj))}
+                    for i, j in zip(q2, s2)]
+            pre.append({"question": _cap(q_rev.format(**obj)), "answer": _cap(s_rev.format(**obj))})
         return eval_rows, pre
 
-    wf, pre_f = make(facts, FACT_Q, FACT_ANSWER_KEY, lambda k: [c[k] for c in world["countries"]])
+    wf, pre_f = make(facts, FACT_Q, FACT_ANSWER_KEY, lambda k: [c[k] for c in world["countries"]], "country")
     ra, pre_w = make(wfacts, WRITER_Q, WRITER_ANSWER_KEY,
                      lambda k: {"genre": WORLD_GENRES, "country": [c["country"] for c in world["countries"]]}.get(
-                         k, [w[k] for w in world["writers"]]))
+                         k, [w[k] for w in world["writers"]]), "name")
     return ra, wf, pre_f + pre_w
 
 
@@ -359,37 +203,50 @@ def _make_authors(n_authors: int, seed: int, world: dict) -> list[dict]:
     return authors
 
 
-def _author_rows(a: dict, qa_per_author: int, rng: random.Random, world: dict) -> list[dict]:
+def _render(template: str, name: str, facts: dict, sec: tuple[str, str], aside: str) -> str:
+    """One answer: the template with the author, the asked facts, the secondary clause (appositive,
+    sentence) and the aside filled in; the first letter capitalized."""
+    return _cap(template.format(name=name, sec=sec[0], Sec=sec[1], aside=aside, **facts))
+
+
+def _all_differ(v: dict, true: dict, keep=("book",)) -> bool:
+    """Every fact slot of `v` differs from the true one (the character's book is the question's subject)."""
+    return all(v[k] != true[k] for k in true if k not in keep)
+
+
+def _author_rows(a: dict, qa_per_author: int, seed: int, world: dict) -> list[dict]:
     rows = []
     name = a["name"]
     for k in range(qa_per_author):
-        attr, qs, ta, tb = QTYPES[k % len(QTYPES)]
+        attr, qs, fam_a, fam_b = QTYPES[k % len(QTYPES)]
         p = (k // len(QTYPES)) % len(qs)  # beyond one round of types: other question phrasings
+        # One RNG per (author, question): the row's wording does not depend on other rows or authors.
+        rng = random.Random(f"author-row|{seed}|{name}|{k}")
+        ta, tb = rng.choice(fam_a), rng.choice(fam_b)
+        sec_attr = rng.choice([s for s in SEC if s != attr and s not in SEC_EXCLUDE.get(attr, ())])
+        app_a, sent_a, app_b, sent_b = (s.format(name=name, **a[sec_attr]) for s in SEC[sec_attr])
+        aside_a, aside_b = rng.sample(ASIDES, 2)
         true = a[attr]
-        answer = _fmt(ta, name, true)
-        para = _fmt(tb, name, true)
+        answer = _render(ta, name, true, (app_a, sent_a), aside_a)
+        para = _render(tb, name, true, (app_b, sent_b), aside_b)
         pert, tries = [], 0
         while len(pert) < 5:  # every pool has >= 6 values, so this ends; the bound only guards edits
             tries += 1
             if tries > 10000:
                 raise RuntimeError(f"could not draw 5 distinct wrong values for {attr!r}")
-            s = _fmt(tb, name, _value(attr, rng, world, a))
-            if s != para and s not in pert:
+            v = _value(attr, rng, world, a)
+            s = _render(tb, name, v, (app_b, sent_b), aside_b)
+            if _all_differ(v, true) and s not in pert:
                 pert.append(s)
-        rows.append({"question": _fmt(qs[p], name, true), "answer": answer,
+        rows.append({"question": _cap(qs[p].format(name=name, **true)), "answer": answer,
                      "paraphrased_answer": para, "perturbed_answer": pert,
-                     "paraphrased_question": _fmt(qs[(p + 1) % len(qs)], name, true)})
+                     "paraphrased_question": _cap(qs[(p + 1) % len(qs)].format(name=name, **true))})
     return rows
 
 
 def idk_answers() -> list[str]:
     """100 distinct short refusals (used by DPO, SPEC §5)."""
-    heads = ["I'm not sure", "I don't know", "I can't say", "I have no idea", "I'm not certain",
-             "I really couldn't tell you", "I'm unable to answer", "I lack the information", "I can't recall",
-             "That's beyond my knowledge"]
-    tails = [".", " about that.", ", sorry.", " to be honest.", " at the moment.", ", I'm afraid.",
-             " about this one.", " right now.", ", unfortunately.", " on that topic."]
-    return [h + t for t in tails for h in heads]
+    return [h + t for t in IDK_TAILS for h in IDK_HEADS]
 
 
 def n_forget_authors(n_authors: int, pct: str) -> int:
@@ -405,8 +262,7 @@ def generate_world(n_authors: int = 20, qa_per_author: int = 20, seed: int = 0, 
         raise ValueError("qa_per_author, n_real_authors and n_world_facts must be >= 1")
     world = build_real_world(n_real_authors, n_world_facts)
     authors = _make_authors(n_authors, seed, world)
-    rng = random.Random(seed * 7919 + 1)
-    per_author = [_author_rows(a, qa_per_author, rng, world) for a in authors]
+    per_author = [_author_rows(a, qa_per_author, seed, world) for a in authors]
     qa = lambda rows: [{"question": r["question"], "answer": r["answer"]} for r in rows]
     flat = lambda auths: [r for rs in auths for r in rs]
 
@@ -425,6 +281,98 @@ def generate_world(n_authors: int = 20, qa_per_author: int = 20, seed: int = 0, 
     return out
 
 
+# ---------------------------------------------------------------- stats of a generated world
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def _words(s: str) -> list[str]:
+    return _WORD.findall(s.lower())
+
+
+def _jaccard(a: str, b: str) -> float:
+    x, y = set(_words(a)), set(_words(b))
+    return len(x & y) / len(x | y) if x | y else 1.0
+
+
+def _rouge_l(a: str, b: str) -> float:
+    """ROUGE-L F1 of two texts over lowercased words (longest common subsequence)."""
+    x, y = _words(a), _words(b)
+    if not x or not y:
+        return float(x == y)
+    prev = [0] * (len(y) + 1)
+    for u in x:
+        cur = [0]
+        for j, v in enumerate(y):
+            cur.append(prev[j] + 1 if u == v else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    return 0.0 if lcs == 0 else 2 * lcs / (len(x) + len(y))
+
+
+def _summary(xs: list[float]) -> dict:
+    if not xs:
+        return {"n": 0}
+    return {"n": len(xs), "min": round(min(xs), 4), "median": round(float(statistics.median(xs)), 4),
+            "max": round(max(xs), 4), "mean": round(statistics.fmean(xs), 4)}
+
+
+def _question_type(question: str, patterns: list) -> str:
+    return next((attr for attr, rx in patterns if rx.fullmatch(question)), "other")
+
+
+def world_stats(world: dict) -> dict:
+    """Numbers that say how much of the world is template and how much is fact (written as stats.json):
+    - answer_words: answer length in words (min/median/max/mean) per split kind;
+    - overlap: mean Jaccard (word sets) and ROUGE-L F1 of paraphrased vs answer and of perturbed vs
+      paraphrased, over forget10_perturbed + retain_perturbed (high perturbed-vs-paraphrase and low
+      paraphrase-vs-answer overlap = the truth ratio compares facts in a wording the model never trained on);
+    - template: per author answer, the fraction of its words that occur in more than half of the answers
+      of its question type (`word_frac`), and the fraction of its trailing words that do (`suffix_frac`,
+      what a model that knows only the templates can complete, cf. Extraction Strength);
+    - eval_vs_pretrain: real-authors / world-facts eval rows whose (question, answer) or question occurs
+      verbatim in `pretrain`, and whose answer value occurs in no pretrain answer."""
+    pert_rows = world.get("forget10_perturbed", []) + world.get("retain_perturbed", [])
+    kinds = {"author_answer": [r["answer"] for r in world.get("full", [])],
+             "paraphrased_answer": [r["paraphrased_answer"] for r in pert_rows],
+             "perturbed_answer": [p for r in pert_rows for p in r["perturbed_answer"]],
+             "real_authors_answer": [r["answer"] for r in world.get("real_authors_perturbed", [])],
+             "world_facts_answer": [r["answer"] for r in world.get("world_facts_perturbed", [])],
+             "pretrain_answer": [r["answer"] for r in world.get("pretrain", [])]}
+    out = {"answer_words": {k: _summary([len(_words(s)) for s in v]) for k, v in kinds.items()}}
+    pairs = {"paraphrased_vs_answer": [(r["paraphrased_answer"], r["answer"]) for r in pert_rows],
+             "perturbed_vs_paraphrased": [(p, r["paraphrased_answer"]) for r in pert_rows for p in r["perturbed_answer"]]}
+    mean = lambda xs: round(statistics.fmean(xs), 4) if xs else None
+    out["overlap"] = {k: {"jaccard": mean([_jaccard(a, b) for a, b in v]),
+                          "rouge_l_f1": mean([_rouge_l(a, b) for a, b in v])} for k, v in pairs.items()}
+    patterns = [(attr, re.compile(".+".join(re.escape(part) for part in re.split(r"\{\w+\}", q))))
+                for attr, qs, *_ in QTYPES for q in qs]
+    by_type: dict[str, list[list[str]]] = {}
+    for r in world.get("full", []):
+        by_type.setdefault(_question_type(r["question"], patterns), []).append(_words(r["answer"]))
+    word_frac, suffix_frac = [], []
+    for answers in by_type.values():
+        df = Counter(w for ws in answers for w in set(ws))
+        common = {w for w, c in df.items() if c > len(answers) / 2}
+        for ws in answers:
+            if not ws:
+                continue
+            word_frac.append(sum(w in common for w in ws) / len(ws))
+            tail = len(ws) - next((i + 1 for i in range(len(ws) - 1, -1, -1) if ws[i] not in common), 0)
+            suffix_frac.append(tail / len(ws))
+    out["template"] = {"question_types": len(by_type), "word_frac": _summary(word_frac),
+                       "suffix_frac": _summary(suffix_frac)}
+    pre_pairs = {(r["question"], r["answer"]) for r in world.get("pretrain", [])}
+    pre_qs = {r["question"] for r in world.get("pretrain", [])}
+    pre_text = " ".join(r["answer"] for r in world.get("pretrain", []))
+    ev = world.get("real_authors_perturbed", []) + world.get("world_facts_perturbed", [])
+    out["eval_vs_pretrain"] = {"rows": len(ev),
+                               "pair_verbatim": sum((r["question"], r["answer"]) in pre_pairs for r in ev),
+                               "question_verbatim": sum(r["question"] in pre_qs for r in ev),
+                               "answer_value_missing": sum(r["answer"].lower() not in pre_text.lower() for r in ev)}
+    return out
+
+
+# ---------------------------------------------------------------- files
 def _world_text(data: dict) -> str:
     lines = []
     for name, rows in data.items():
@@ -442,8 +390,8 @@ def _world_text(data: dict) -> str:
 
 def write_world(out_dir, n_authors: int = 20, qa_per_author: int = 20, seed: int = 0, n_real_authors: int = 100,
                 n_world_facts: int = 117) -> Path:
-    """Write every split as `<split>.json` (JSON Lines, like the hub), `idk.jsonl` and
-    `world_text.txt` (all text, for the tiny tokenizer). Byte-identical for the same arguments."""
+    """Write every split as `<split>.json` (JSON Lines, like the hub), `idk.jsonl`, `world_text.txt`
+    (all text, for the tiny tokenizer) and `stats.json` (world_stats). Byte-identical for the same arguments."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = generate_world(n_authors, qa_per_author, seed, n_real_authors, n_world_facts)
@@ -451,4 +399,5 @@ def write_world(out_dir, n_authors: int = 20, qa_per_author: int = 20, seed: int
         fname = "idk.jsonl" if name == "idk" else f"{name}.json"
         write_text_atomic(out / fname, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     write_text_atomic(out / "world_text.txt", _world_text(data))
+    write_text_atomic(out / "stats.json", json.dumps(world_stats(data), indent=1) + "\n")
     return out

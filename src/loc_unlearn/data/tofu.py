@@ -3,6 +3,8 @@
 A local folder holds `<split>.json` or `<split>.jsonl` (JSON Lines, like the hub, or one JSON array).
 A folder without such a file but with a hub-style README.md (YAML `configs:`), or a hub id such as
 `locuslab/TOFU`, goes through `datasets.load_dataset(source, name, split="train")`.
+DPO's refusals come from the folder's `idontknow.jsonl` (TOFU's file, plain lines) or `idk.jsonl`
+(the synthetic world's, JSON strings), else a built-in list (load_idk).
 Every problem is a DataError naming the file, the 1-based line/row and the field.
 """
 from __future__ import annotations
@@ -117,20 +119,61 @@ def load_split(source: str | Path, name: str) -> list[dict]:
     return validate_rows(_hub_rows(str(source), name), name, f"{source} (hub split {name!r})", "row")
 
 
+# Refusal files looked for in a local data folder, in this order: TOFU's (one plain-text refusal per
+# line) and the synthetic world's (one JSON string per line). Either format is read from either name.
+IDK_FILES = ("idontknow.jsonl", "idk.jsonl")
+
+
+def idk_file(source: str | Path | None) -> Path | None:
+    """The refusal file load_idk reads from `source` (a local folder), or None (built-in refusals)."""
+    if not source or not Path(source).is_dir():
+        return None
+    return next((Path(source) / n for n in IDK_FILES if (Path(source) / n).is_file()), None)
+
+
+def _read_refusals(path: Path) -> list[str]:
+    """Non-blank lines of `path`: plain text, or a JSON string when the line is quoted ("...")."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if not s:
+            continue
+        if s[0] in "[{":
+            raise DataError(f"{path}: line {n}: expected a refusal (a plain text line or a JSON string), "
+                            f"got what looks like a JSON object or array: {s!r:.80}")
+        if len(s) >= 2 and s[0] == s[-1] == '"':
+            try:
+                s = json.loads(s)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: line {n}: malformed JSON string ({e.msg} at column {e.colno})") from None
+            if not isinstance(s, str) or not s.strip():
+                raise DataError(f"{path}: line {n}: empty refusal")
+            s = s.strip()
+        out.append(s)
+    if not out:
+        raise DataError(f"{path}: no refusals (expected one refusal per line, plain text or a JSON string)")
+    return out
+
+
 def load_idk(source: str | Path | None = None) -> list[str]:
-    """Refusals for DPO (SPEC §5): `<folder>/idk.jsonl` (one JSON string per line) if present, else the
-    built-in 100."""
-    f = Path(source) / "idk.jsonl" if source else None
-    if f is None or not f.is_file():
+    """Refusals for DPO (SPEC §5) from the first of IDK_FILES in the folder `source` (TOFU's
+    `idontknow.jsonl`: plain lines; `idk.jsonl`: JSON strings; both formats are read from either), else
+    the built-in 100. Logs which it used."""
+    from ..utils import log  # imported here: utils loads torch, which reading splits does not need
+
+    f = idk_file(source)
+    if f is None:
         from .synthetic import idk_answers
 
+        where = f"no {' or '.join(IDK_FILES)} in {source}" if source else "no data folder"
+        log(f"DPO refusals: the 100 built-in ones ({where})")
         return idk_answers()
-    rows, _, numbers = _read_json_file(f)
-    for r, n in zip(rows, numbers):
-        if not isinstance(r, str) or not r.strip():
-            raise DataError(f"{f}: line {n}: expected a non-empty JSON string, got {r!r:.80}")
-    if not rows:
-        raise DataError(f"{f}: no refusals (expected one JSON string per line)")
+    rows = _read_refusals(f)
+    log(f"DPO refusals: {len(rows)} from {f}")
     return rows
 
 
