@@ -177,3 +177,13 @@ def direct_metrics(model, tok, question, answer):
     wrong = [t for t in range(T) if not right[t]]
     es = 1.0 - ((wrong[-1] + 1) if wrong else 0) / T
     return es, em, nll
+
+
+def direct_hidden(model, item, layer):
+    ids = torch.tensor(item["input_ids"])[None]
+    return model(input_ids=ids, output_hidden_states=True).hidden_states[layer + 1][0].double()
+
+
+def rand_mask(L, d_ff, ratio=0.2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(L, d_ff, generator=g) < ratio

@@ -20,8 +20,8 @@ from loc_unlearn.config import EvalConfig, TinyModelConfig, TrainConfig
 from loc_unlearn.data.tofu import load_split
 from loc_unlearn.models.load import build_tiny, load_model
 
-CTX = 48  # max_position_embeddings of the model under test
-LONG = " ".join(["The author kept writing one more chapter about the old harbor town"] * 250)  # ~3000 tokens
+CTX = 160  # max_position_embeddings of the model under test
+LONG = " ".join(["The author kept writing one more chapter about the old harbor town"] * 600)  # ~7000 tokens
 
 
 @pytest.fixture(scope="module")

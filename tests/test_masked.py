@@ -11,16 +11,11 @@ from loc_unlearn.errors import MaskError
 from loc_unlearn.models.value_vectors import value_matrix
 from loc_unlearn.train.masked import MaskedDelta
 
-from helpers import tiny_lm
+from helpers import rand_mask, tiny_lm
 
 
 tiny_llama = functools.partial(tiny_lm, vocab=50, L=3, max_pos=64)
 tiny_gpt2 = functools.partial(tiny_lm, vocab=50, arch="gpt2", max_pos=64)
-
-
-def rand_mask(L, d_ff, ratio=0.2, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(L, d_ff, generator=g) < ratio
 
 
 def batch(vocab=50, B=4, T=12, seed=2):

@@ -13,15 +13,10 @@ from loc_unlearn.train.masked import MaskedDelta
 from loc_unlearn.train.objectives import (DEFAULTS, OBJECTIVES, Context, resolve_hparams, rmu_target,
                                           sequence_logps)
 
-from helpers import IDK, direct_token_logps, make_rows, make_tok, tiny_lm
+from helpers import IDK, direct_hidden, direct_token_logps, make_rows, make_tok, tiny_lm
 
 
 # ----------------------------------------------------------------------------- direct computations
-
-
-def direct_hidden(model, item, layer):
-    ids = torch.tensor(item["input_ids"])[None]
-    return model(input_ids=ids, output_hidden_states=True).hidden_states[layer + 1][0].double()
 
 
 def direct_loss(name, hp, model, ref, f, r, i, target):

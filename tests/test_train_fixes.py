@@ -1,8 +1,6 @@
 """Issue 11: RMU's loss covers answer positions only; decoupled weight decay skips deltas without a gradient."""
 import copy
 import dataclasses
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +12,7 @@ from loc_unlearn.train.loop import train
 from loc_unlearn.train.masked import MaskedDelta
 from loc_unlearn.train.objectives import OBJECTIVES, Context, layer_output, resolve_hparams, rmu_target
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_objectives import direct_hidden, make_rows, make_tok, tiny_model  # noqa: E402
+from helpers import direct_hidden, make_rows, make_tok, rand_mask, tiny_lm
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +26,7 @@ def setup():
 
 def _moved(tok, L=4, seed=3):
     """(start model, model with nonzero masked deltas, MaskedDelta): the retain term is nonzero."""
-    ref = tiny_model(tok, L=L)
+    ref = tiny_lm(tok, L=L)
     model = copy.deepcopy(ref)
     md = MaskedDelta(model, torch.rand(L, 64, generator=torch.Generator().manual_seed(seed)) < 0.3)
     with torch.no_grad():
@@ -108,9 +105,7 @@ def _only_layer0_loss(model, ids):
 
 def test_weight_decay_skips_deltas_without_gradient():
     """Like torch's AdamW: a delta whose grad is None (its layer is never reached) is not decayed."""
-    from test_masked import rand_mask, tiny_llama
-
-    model = tiny_llama(L=3)
+    model = tiny_lm(vocab=50, L=3, max_pos=64)
     md = MaskedDelta(model, rand_mask(3, 64))
     w0 = [value_matrix(model, l).detach().clone() for l in range(3)]
     opt = torch.optim.AdamW(md.parameters(), lr=1e-2, weight_decay=0.0)
@@ -129,7 +124,7 @@ def test_weight_decay_skips_deltas_without_gradient():
 
 def test_rmu_run_leaves_layers_after_the_steering_layer_bit_identical(tmp_path):
     tok = make_tok()
-    model = tiny_model(tok, L=4)
+    model = tiny_lm(tok, L=4)
     w0 = [value_matrix(model, l).detach().clone() for l in range(4)]
     mask = torch.rand(4, 64, generator=torch.Generator().manual_seed(7)) < 0.15
     cfg = TrainConfig(lr=1e-2, epochs=2, batch_size=4, weight_decay=0.1, warmup_epochs=0.5, checkpoint_every=1.0,
@@ -152,8 +147,8 @@ def test_changed_loss_revision_refuses_old_checkpoints(tmp_path, monkeypatch):
     rows, retain = make_rows(8), make_rows(8, 5)
     old = dataclasses.replace(OBJECTIVES["rmu"], revision=0)
     monkeypatch.setattr(loop_mod, "OBJECTIVES", {**OBJECTIVES, "rmu": old})
-    train(tiny_model(tok, L=2), tok, rows, retain, "rmu", cfg, tmp_path, mask=mask)
+    train(tiny_lm(tok, L=2), tok, rows, retain, "rmu", cfg, tmp_path, mask=mask)
     monkeypatch.setattr(loop_mod, "OBJECTIVES", OBJECTIVES)
     assert OBJECTIVES["rmu"].revision == 1
     with pytest.raises(CheckpointError, match="different run"):
-        train(tiny_model(tok, L=2), tok, rows, retain, "rmu", cfg, tmp_path, mask=mask)
+        train(tiny_lm(tok, L=2), tok, rows, retain, "rmu", cfg, tmp_path, mask=mask)

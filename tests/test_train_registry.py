@@ -1,7 +1,5 @@
 """The objective registry is the one place that says what a method needs (issue 10 item 1)."""
-import sys
 from dataclasses import fields
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +9,7 @@ from loc_unlearn.train.loop import train
 from loc_unlearn.train.objectives import (DEFAULTS, KNOWN_HPARAMS, OBJECTIVES, Objective, _combine, hparams_from,
                                           known_hparams, nll_avg, register, resolve_hparams)
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_objectives import make_rows, make_tok, tiny_model  # noqa: E402
+from helpers import make_rows, make_tok, tiny_lm
 
 
 def test_hparam_names_come_from_the_registry():
@@ -55,7 +52,7 @@ def test_a_new_objective_is_one_function_and_one_entry(tmp_path):
     register("toy", half_ascent, {"gamma": 1.0, "alpha": 1.0, "scale": 0.5}, ref_logp=("forget",))
     try:
         tok = make_tok()
-        model = tiny_model(tok, L=2)
+        model = tiny_lm(tok, L=2)
         mask = torch.rand(2, 64, generator=torch.Generator().manual_seed(7)) < 0.15
         cfg = TrainConfig(lr=1e-2, epochs=1, batch_size=4, max_length=64, seed=3)
         res = train(model, tok, make_rows(8), make_rows(8, 5), "toy", cfg, tmp_path, mask=mask,
