@@ -155,7 +155,7 @@ def _plain_matches(folder: Path, dtype: str = "float32"):
 def mini_models(tmp_path_factory):
     """theta_p (tiny base), theta_r and theta_o, built and saved by the stages themselves."""
     from loc_unlearn import stages
-    from test_study import mini_cfg
+    from helpers import mini_cfg
 
     cfg = mini_cfg(tmp_path_factory.mktemp("runs"))
     base = stages.tiny_base(cfg).path / "model"

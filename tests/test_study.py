@@ -66,7 +66,7 @@ def test_trajectory_points_are_each_checkpoints_own_metrics(study):
 
     cfg, _, res = study
     theta_r = stages.retain_model(cfg)
-    sets, ref_tr = stages.eval_sets(cfg), stages.reference_truth_ratios(cfg, theta_r)
+    sets, ref_tr = stages.data_source(cfg).eval_sets(), stages.reference_truth_ratios(cfg, theta_r)
     tcfg = cfg.unlearn.train
     reevaluate = {(0, "npo", "oracle"), (1, "rmu", "random")}
     for r in res["runs"]:
