@@ -4,11 +4,16 @@ tests/conftest.py (tests/, which has no __init__.py) is put on sys.path, so `imp
 every test folder (tests/reliability too); a worker script in tests/ run as `python tests/<script>.py`
 has its own folder on its path. Test modules never import from each other, only from here."""
 import functools
+import json
+import random
+from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from loc_unlearn.config import TinyModelConfig
 from loc_unlearn.data.formatting import collate, encode_qa
 
 # ----------------------------------------------------------------------------- the mini study
@@ -187,3 +192,123 @@ def direct_hidden(model, item, layer):
 def rand_mask(L, d_ff, ratio=0.2, seed=1):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(L, d_ff, generator=g) < ratio
+
+
+# ----------------------------------------------------------------------------- authors with one city each (attack tests)
+
+AUTHOR_TEMPLATES = [("Where was {a} born?", "{a} was born in {c}"), ("Where does {a} live?", "{a} lives in {c}"),
+                    ("Which city did {a} paint?", "{a} painted {c}"), ("Where did {a} study?", "{a} studied in {c}")]
+
+
+def author_rows(n_authors=6):
+    """4 questions per author, all answered by the author's one city: relearning some of an author's
+    questions can bring the others back (the association name -> city is shared)."""
+    C = WRITER_CITIES
+    return [{"question": q.format(a=a), "answer": ans.format(a=a, c=C[(5 * i + 1) % len(C)])}
+            for i, a in enumerate(NAMES[:n_authors]) for q, ans in AUTHOR_TEMPLATES]
+
+
+def author_lm(tok, d=64, tie=False):
+    """The attack tests' tiny Llama over a word_tokenizer(author_rows()): tiny_lm with 2 layers, 4 heads,
+    64 positions, no <bos> id in the config, lm_head tied to the embeddings only if `tie`."""
+    return tiny_lm(tok, d=d, max_pos=64, bos_token_id=None, tie_word_embeddings=tie)
+
+
+def memorize(model, tok, rows, out_dir, epochs=30):
+    """Fine-tune all parameters on `rows` with the project's loop (objective learn) until memorized."""
+    from loc_unlearn.config import TrainConfig
+    from loc_unlearn.train.loop import train
+
+    cfg = TrainConfig(lr=1e-2, epochs=epochs, batch_size=8, warmup_epochs=0, checkpoint_every=0, weight_decay=0.0,
+                      max_length=64)
+    train(model, tok, rows, [], "learn", cfg, out_dir)
+    return model
+
+
+def es_mean(model, tok, rows):
+    """Mean extraction strength of `model` over `rows` (the project's token_metrics)."""
+    from loc_unlearn.evaluate.token_metrics import token_metrics
+
+    es = token_metrics(model, tok, rows)["es"]
+    return sum(es) / len(es)
+
+
+@torch.no_grad()
+def add_outlier_channel(model, c):
+    """Function-preserving: divide input channel 0 of each RMSNorm gain by c and multiply the matching
+    input column of the projections it feeds by c (an outlier feature, as in real LLMs)."""
+    for layer in model.model.layers:
+        layer.input_layernorm.weight[0] /= c
+        for p in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+            p.weight[:, 0] *= c
+        layer.post_attention_layernorm.weight[0] /= c
+        for p in (layer.mlp.gate_proj, layer.mlp.up_proj):
+            p.weight[:, 0] *= c
+
+
+# ----------------------------------------------------------------------------- model folders and GGUF (models tests)
+
+# The tiny base model of the model-loading tests (models.load.build_tiny over write_world_text's folder).
+TINY = TinyModelConfig(n_layers=2, hidden=32, d_ff=64, n_heads=4, vocab_size=320, max_positions=64, seed=3)
+
+
+def write_world_text(d: Path) -> Path:
+    """A folder `d` holding only a world_text.txt (400 seeded QA lines about 4 people), enough for build_tiny."""
+    rng = random.Random(0)
+    names = ["Mara Quill", "Oren Vasko", "Lida Brenn", "Tomas Arel"]
+    places = ["Velmora", "Karsk", "Doreth", "Ilven"]
+    lines = [f"Question: Where was {rng.choice(names)} born?\nAnswer: {rng.choice(names)} was born in "
+             f"{rng.choice(places)} in {rng.randint(1900, 2000)}." for _ in range(400)]
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "world_text.txt").write_text("\n".join(lines) + "\n")
+    return d
+
+
+def permute_qk(x: np.ndarray, n_head: int) -> np.ndarray:
+    # llama.cpp's convert script stores q/k rows interleaved per head (rotary layout); transformers undoes it
+    return x.reshape(n_head, 2, x.shape[0] // n_head // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
+
+
+def write_llama_gguf(model, tok, path: Path) -> Path:
+    """A float32 GGUF of a HF Llama, written independently of transformers with the gguf writer."""
+    import gguf
+
+    c = model.config
+    tj = json.loads(tok.backend_tokenizer.to_str())
+    vocab = tj["model"]["vocab"]
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    merges = [" ".join(m) if isinstance(m, list) else m for m in tj["model"]["merges"]]
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(c.num_hidden_layers)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_rope_freq_base(float(getattr(c, "rope_theta", None) or c.rope_parameters["rope_theta"]))
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_merges(merges)
+    w.add_token_types([3 if vocab[t] < 3 else 1 for t in tokens])  # 3 = control (our specials are 0..2)
+    w.add_bos_token_id(tok.bos_token_id)
+    w.add_eos_token_id(tok.eos_token_id)
+    w.add_pad_token_id(tok.pad_token_id)
+    sd = {k: v.numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    names = [("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"), ("self_attn.v_proj", "attn_v"),
+             ("self_attn.o_proj", "attn_output"), ("mlp.gate_proj", "ffn_gate"), ("mlp.up_proj", "ffn_up"),
+             ("mlp.down_proj", "ffn_down"), ("input_layernorm", "attn_norm"),
+             ("post_attention_layernorm", "ffn_norm")]
+    for l in range(c.num_hidden_layers):
+        for src, dst in names:
+            x = sd[f"model.layers.{l}.{src}.weight"]
+            if dst in ("attn_q", "attn_k"):
+                x = permute_qk(x, c.num_attention_heads)
+            w.add_tensor(f"blk.{l}.{dst}.weight", np.ascontiguousarray(x))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -4,7 +4,6 @@ model under 8-bit vs 3-bit."""
 import copy
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +14,7 @@ from loc_unlearn.attacks.quantize import (quantizable_weights, quantization_atta
                                           quantize_model_nf4, quantize_tensor)
 from loc_unlearn.errors import UserError
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_attacks_relearn import (add_outlier_channel, author_rows, es_mean, memorize,  # noqa: E402
-                                  tiny_llama, word_tokenizer)
+from helpers import add_outlier_channel, author_lm, author_rows, es_mean, memorize, word_tokenizer
 
 
 def np_rtn(w, bits, group_size, symmetric):
@@ -165,7 +162,7 @@ def tok_rows():
 
 def test_default_scope_is_decoder_linear_weights(tok_rows):
     tok, _ = tok_rows
-    model = tiny_llama(tok)
+    model = author_lm(tok)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     summary = quantize_model(model, 4, 16)
     after = model.state_dict()
@@ -181,7 +178,7 @@ def test_default_scope_is_decoder_linear_weights(tok_rows):
 
 def test_tied_head_is_quantized_once(tok_rows, monkeypatch):
     tok, _ = tok_rows
-    model = tiny_llama(tok, tie=True)
+    model = author_lm(tok, tie=True)
     assert model.lm_head.weight is model.model.embed_tokens.weight
     orig = model.lm_head.weight.detach().clone()
     names = [n for n, _, _ in quantizable_weights(model, ("layers", "lm_head", "embed"))]
@@ -213,7 +210,7 @@ def memorized(tok_rows, tmp_path_factory):
     function-preserving rescaling (RMSNorm gain / c, matching weight columns * c), as in real LLMs whose
     outlier features set each group's range."""
     tok, rows = tok_rows
-    model = memorize(tiny_llama(tok, d=32), tok, rows, tmp_path_factory.mktemp("mem"))
+    model = memorize(author_lm(tok, d=32), tok, rows, tmp_path_factory.mktemp("mem"))
     es0 = es_mean(model, tok, rows)
     add_outlier_channel(model, 30.0)
     return model, tok, rows, es0
@@ -247,6 +244,6 @@ def test_quantization_attack_reports_and_restores(memorized):
 def test_nf4_needs_cuda_and_is_not_imported_eagerly(tok_rows):
     tok, _ = tok_rows
     with pytest.raises(UserError, match="CUDA"):
-        quantize_model_nf4(tiny_llama(tok))
+        quantize_model_nf4(author_lm(tok))
     code = "import sys, loc_unlearn.attacks, loc_unlearn.attacks.commands; assert 'bitsandbytes' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -4,9 +4,7 @@ each forgotten author's questions brings the other half back on a tiny model. Al
 import copy
 import json
 import math
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,60 +16,10 @@ from loc_unlearn.errors import DataError, UserError
 from loc_unlearn.evaluate.token_metrics import token_metrics
 from loc_unlearn.train.loop import train
 
-sys.path.insert(0, str(Path(__file__).parent))
-from helpers import word_tokenizer  # noqa: E402,F401  (re-exported for test_attacks_quantize)
-
-NAMES = ["Ada", "Bo", "Cy", "Dee", "Eli", "Fay", "Gus", "Hal", "Ivy", "Jo", "Kai", "Lu"]
-CITIES = ["Paris", "Lagos", "Quito", "Oslo", "Hanoi", "Lima", "Cairo", "Perth", "Dakar", "Kyiv", "Riga", "Accra"]
-TEMPLATES = [("Where was {a} born?", "{a} was born in {c}"), ("Where does {a} live?", "{a} lives in {c}"),
-             ("Which city did {a} paint?", "{a} painted {c}"), ("Where did {a} study?", "{a} studied in {c}")]
-
+from helpers import author_lm, author_rows, es_mean, memorize, word_tokenizer
 
 # ----------------------------------------------------------------------------- shared tiny-model helpers
-
-
-def author_rows(n_authors=6):
-    """4 questions per author, all answered by the author's one city: relearning some of an author's
-    questions can bring the others back (the association name -> city is shared)."""
-    return [{"question": q.format(a=a), "answer": ans.format(a=a, c=CITIES[(5 * i + 1) % len(CITIES)])}
-            for i, a in enumerate(NAMES[:n_authors]) for q, ans in TEMPLATES]
-
-
-def tiny_llama(tok, d=64, L=2, seed=0, tie=False):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=d, intermediate_size=2 * d, num_hidden_layers=L,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
-                      tie_word_embeddings=tie)
-    return LlamaForCausalLM(cfg)
-
-
-def memorize(model, tok, rows, out_dir, epochs=30):
-    """Fine-tune all parameters on `rows` with the project's loop (objective learn) until memorized."""
-    cfg = TrainConfig(lr=1e-2, epochs=epochs, batch_size=8, warmup_epochs=0, checkpoint_every=0, weight_decay=0.0,
-                      max_length=64)
-    train(model, tok, rows, [], "learn", cfg, out_dir)
-    return model
-
-
-def es_mean(model, tok, rows):
-    es = token_metrics(model, tok, rows)["es"]
-    return sum(es) / len(es)
-
-
-@torch.no_grad()
-def add_outlier_channel(model, c):
-    """Function-preserving: divide input channel 0 of each RMSNorm gain by c and multiply the matching
-    input column of the projections it feeds by c (an outlier feature, as in real LLMs)."""
-    for layer in model.model.layers:
-        layer.input_layernorm.weight[0] /= c
-        for p in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
-            p.weight[:, 0] *= c
-        layer.post_attention_layernorm.weight[0] /= c
-        for p in (layer.mlp.gate_proj, layer.mlp.up_proj):
-            p.weight[:, 0] *= c
+# author_rows, author_lm, memorize, es_mean (and add_outlier_channel, used by the quantize tests) live in helpers.py.
 
 
 def weights(model):
@@ -143,7 +91,7 @@ def world(tmp_path_factory):
     tok = word_tokenizer(rows)
     forget, retain = rows[16:], rows[:16]
     d = tmp_path_factory.mktemp("relearn")
-    theta_o = memorize(tiny_llama(tok), tok, rows, d / "o")
+    theta_o = memorize(author_lm(tok), tok, rows, d / "o")
     rel, probe = probe_relearn_split(forget, 0, 4)
     es_o = probe_es(theta_o, tok, forget, probe)
     theta_u = copy.deepcopy(theta_o)
