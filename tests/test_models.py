@@ -1,12 +1,10 @@
-"""models/load.py: tiny model building, loading/saving, GGUF (a tiny Llama GGUF written here), smol."""
+"""models/load.py: tiny model building, loading/saving, GGUF (a tiny Llama GGUF from helpers.write_llama_gguf), smol."""
 import importlib.util
 import json
 import os
-import random
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,25 +13,15 @@ from loc_unlearn.errors import UserError
 from loc_unlearn.models import load as L
 from loc_unlearn.models import value_vectors as vv
 
-TINY = TinyModelConfig(n_layers=2, hidden=32, d_ff=64, n_heads=4, vocab_size=320, max_positions=64, seed=3)
+from helpers import TINY, write_llama_gguf, write_world_text
+
 SENTENCE = "Question: Where was Mara Quill born?\nAnswer: Mara Quill was born in Velmora in 1961."
-
-
-def _write_world(d: Path) -> Path:
-    rng = random.Random(0)
-    names = ["Mara Quill", "Oren Vasko", "Lida Brenn", "Tomas Arel"]
-    places = ["Velmora", "Karsk", "Doreth", "Ilven"]
-    lines = [f"Question: Where was {rng.choice(names)} born?\nAnswer: {rng.choice(names)} was born in "
-             f"{rng.choice(places)} in {rng.randint(1900, 2000)}." for _ in range(400)]
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "world_text.txt").write_text("\n".join(lines) + "\n")
-    return d
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    world = _write_world(root / "world")
+    world = write_world_text(root / "world")
     t0 = time.perf_counter()
     out = L.build_tiny(world, TINY, root / "model")
     return {"root": root, "world": world, "path": out, "build_s": time.perf_counter() - t0}
@@ -81,7 +69,7 @@ def test_build_tiny_is_deterministic_and_seeded(tiny, tmp_path):
 def test_build_tiny_user_errors(tmp_path):
     with pytest.raises(UserError, match="world_text.txt"):
         L.build_tiny(tmp_path, TINY, tmp_path / "m")
-    world = _write_world(tmp_path / "w")
+    world = write_world_text(tmp_path / "w")
     with pytest.raises(UserError, match="n_heads"):
         L.build_tiny(world, TinyModelConfig(hidden=30, n_heads=4), tmp_path / "m")
 
@@ -142,56 +130,6 @@ def test_save_model_round_trip_and_atomic(tiny, tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["m"]
     m4, _ = L.load_model(str(out))
     assert torch.equal(vv.value_matrix(m4, 0), vv.value_matrix(m3, 0))
-
-
-def _permute_qk(x: np.ndarray, n_head: int) -> np.ndarray:
-    # llama.cpp's convert script stores q/k rows interleaved per head (rotary layout); transformers undoes it
-    return x.reshape(n_head, 2, x.shape[0] // n_head // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
-
-
-def write_llama_gguf(model, tok, path: Path) -> Path:
-    """A float32 GGUF of a HF Llama, written independently of transformers with the gguf writer."""
-    import gguf
-
-    c = model.config
-    tj = json.loads(tok.backend_tokenizer.to_str())
-    vocab = tj["model"]["vocab"]
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-    merges = [" ".join(m) if isinstance(m, list) else m for m in tj["model"]["merges"]]
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(c.num_hidden_layers)
-    w.add_context_length(c.max_position_embeddings)
-    w.add_embedding_length(c.hidden_size)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_head_count(c.num_attention_heads)
-    w.add_head_count_kv(c.num_key_value_heads)
-    w.add_layer_norm_rms_eps(c.rms_norm_eps)
-    w.add_rope_freq_base(float(getattr(c, "rope_theta", None) or c.rope_parameters["rope_theta"]))
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list(tokens)
-    w.add_token_merges(merges)
-    w.add_token_types([3 if vocab[t] < 3 else 1 for t in tokens])  # 3 = control (our specials are 0..2)
-    w.add_bos_token_id(tok.bos_token_id)
-    w.add_eos_token_id(tok.eos_token_id)
-    w.add_pad_token_id(tok.pad_token_id)
-    sd = {k: v.numpy().astype(np.float32) for k, v in model.state_dict().items()}
-    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
-    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
-    names = [("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"), ("self_attn.v_proj", "attn_v"),
-             ("self_attn.o_proj", "attn_output"), ("mlp.gate_proj", "ffn_gate"), ("mlp.up_proj", "ffn_up"),
-             ("mlp.down_proj", "ffn_down"), ("input_layernorm", "attn_norm"),
-             ("post_attention_layernorm", "ffn_norm")]
-    for l in range(c.num_hidden_layers):
-        for src, dst in names:
-            x = sd[f"model.layers.{l}.{src}.weight"]
-            if dst in ("attn_q", "attn_k"):
-                x = _permute_qk(x, c.num_attention_heads)
-            w.add_tensor(f"blk.{l}.{dst}.weight", np.ascontiguousarray(x))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
 
 
 @pytest.fixture(scope="module")

