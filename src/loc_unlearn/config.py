@@ -432,6 +432,8 @@ def _coerce(value: Any, tp, where: str):
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where)
     if origin is Literal:
+        if value is False and "off" in args:  # YAML 1.1 reads a bare `off` as false (study.robustness=off)
+            value = "off"
         if value not in args:
             raise ConfigError(f"config key '{where}': expected one of {list(args)}, got {value!r}")
         return value

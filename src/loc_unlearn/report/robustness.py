@@ -74,10 +74,9 @@ def headline(res: dict) -> list[str]:
     spec = max(spec, key=lambda m: m["k"])
     lines = []
     for m in methods_of(r["runs"]):
-        cells = [f"{g.capitalize() if res.get('study') == 'controlled' else g} "
-                 f"{fmt_ms(values(res, m, g, 'final', spec['metric']), 2)}" for g in groups_of(res)]
-        line = f"**{m}**: after {spec['k']} relearning steps ({spec['variant']}) " + " vs ".join(
-            (("recovers R = " if i == 0 else "") + c) for i, c in enumerate(cells))
+        cells = [(g.capitalize() if res.get("study") == "controlled" else g) + (" recovers R = " if i == 0 else " ")
+                 + fmt_ms(values(res, m, g, "final", spec["metric"]), 2) for i, g in enumerate(groups_of(res))]
+        line = f"**{m}**: after {spec['k']} relearning steps ({spec['variant']}) " + " vs ".join(cells)
         t = test_of(res, "final", m, spec["metric"])
         if t:
             line += f" (p = {fmt_p(t.get('p_t'), t.get('n'))}; MDD {fmt(t.get('mdd'), 2)}): {verdict(t)}"
