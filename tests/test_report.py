@@ -383,3 +383,91 @@ def test_random_series_get_distinct_colours():
     for fig in (plots.mask_layers(loc_res), plots.trajectories(loc_res)):
         colors = _line_colors(fig.axes[0])
         assert len(colors) == len(locs) == len(set(colors))
+
+
+# ----------------------------------------------------------------------------- robustness (SPEC §10)
+
+
+def _robustness(study: str, groups, seeds, rng) -> dict:
+    """A results.json `robustness` section as studies/robustness.py writes it, with spread-out numbers."""
+    from loc_unlearn.studies import robustness as rb
+
+    sett = {"level": "reduced", "schedule": [0, 5, 20], "relearn_data": ["forget_relearn"], "bits": ["4", "8"],
+            "group_size": 128, "symmetric": True, "include": ["layers"], "split_seed": 0, "checkpoints": ["final", "mu95"]}
+    key = "region" if study == "controlled" else "localizer"
+    rows = []
+    for m in METHODS:
+        for g in groups:
+            for s in seeds:
+                for ck in ("final", "mu95"):
+                    es_u, es_o = float(rng.uniform(0.1, 0.2)), 0.9
+                    es = {0: es_u, 5: es_u + float(rng.uniform(0, 0.3)), 20: es_u + float(rng.uniform(0.2, 0.7))}
+                    r = {"method": m, key: g, "checkpoint": ck, "step": 4, "mu95_reached": True, "es_o": es_o,
+                         "relearn": {"forget_relearn": {"es_u": es_u, "recovery_defined": True, "points": [
+                             {"k": k, "probe_es": v, "recovery": (v - es_u) / (es_o - es_u)} for k, v in es.items()]}},
+                         "R_forget_relearn_k5": (es[5] - es_u) / (es_o - es_u),
+                         "R_forget_relearn_k20": (es[20] - es_u) / (es_o - es_u),
+                         "FS_before": 0.8, "RS_before": 0.7, "FS_4bit": float(rng.uniform(0.4, 0.8)),
+                         "RS_4bit": 0.6, "FS_8bit": float(rng.uniform(0.7, 0.8)), "RS_8bit": 0.7}
+                    rows.append(r | ({"seed": s} if study == "controlled" else {}))
+    refs = [{"model": "theta_o", "seed": s, "FS_before": 0.1, "FS_4bit": 0.2, "FS_8bit": 0.1,
+             "RS_before": 0.7, "RS_4bit": 0.6, "RS_8bit": 0.7} for s in seeds] + \
+           [{"model": "theta_r", "FS_before": 0.9, "FS_4bit": 0.9, "FS_8bit": 0.9, "RS_before": 0.7, "RS_4bit": 0.6,
+             "RS_8bit": 0.7}]
+    out = {"settings": sett, "metrics": rb.metric_names(sett), "runs": rows, "references": refs}
+    if study == "controlled":
+        out["tests"] = rb.paired_tests(rows, list(METHODS), sett)
+    return out
+
+
+def test_controlled_robustness_section(tmp_path, capsys):
+    from loc_unlearn.report.tables import cli_summary
+
+    seeds = (0, 1, 2)
+    res = _controlled(False, seeds=seeds)
+    res["robustness"] = rob = _robustness("controlled", ("oracle", "random"), seeds, np.random.default_rng(3))
+    out = build_report(_write(tmp_path, res))
+    md = out["md"].read_text()
+    assert "## Robustness (SPEC §10)" in md and any(p.name == "robustness_recovery.png" for p in out["plots"])
+    _check_self_contained(out["html"].read_text(), len(out["plots"]))
+    for m in METHODS:
+        vals = {g: [r["R_forget_relearn_k20"] for r in rob["runs"] if r["method"] == m and r["region"] == g
+                    and r["checkpoint"] == "final"] for g in ("oracle", "random")}
+        ms = {g: f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f}" for g, v in vals.items()}
+        t = next(t for t in rob["tests"] if (t["checkpoint"], t["method"], t["metric"]) == ("final", m, "R_forget_relearn_k20"))
+        assert t["p_t"] == pytest.approx(stats.ttest_rel(vals["oracle"], vals["random"]).pvalue, rel=1e-9)
+        line = next(ln for ln in md.splitlines() if ln.startswith(f"- Robustness: **{m}**"))
+        assert f"after 20 relearning steps (forget_relearn) Oracle recovers R = {ms['oracle']} vs Random {ms['random']}" in line
+        assert f"p = {t['p_t']:.3f}" in line and f"MDD {t['mdd']:.2f}" in line
+        want = ("significant at 0.05" if t["p_t"] < 0.05 else "underpowered" if t["mdd"] > 0.1
+                else "not significant at 0.05")
+        assert line.endswith(f": {want}.")
+        row = _row(md, m, "| method | checkpoint | region |")  # first row of the method: final, oracle
+        ms3 = f"{np.mean(vals['oracle']):.3f} ± {np.std(vals['oracle'], ddof=1):.3f}"
+        assert row[1:3] == ["final", "oracle"] and row[4] == ms3
+    assert _row(md, "theta_r (reference)", "| model | checkpoint | FS before |")[2:5] == ["0.900", "0.900", "0.900"]
+    assert "| checkpoint | method | metric | Oracle | Random |" in md
+    text = "\n".join(cli_summary(res))
+    assert "Robustness (SPEC §10, final checkpoint; reduced)" in text and "R(20)" in text and "FS 4-bit" in text
+
+
+def test_localization_robustness_section_has_values_not_tests(tmp_path):
+    rng = np.random.default_rng(4)
+    locs = ("random", "activation")
+    runs = [{"localizer": loc, "method": m, "aues": 0.5, "mu95": -3.0, "mu95_not_reached": False,
+             "trajectory": _trajectory(rng, 0.1)} for loc in locs for m in METHODS]
+    res = {"study": "localization", "preset": "tiny", "ratio": 0.1, "runs": runs,
+           "robustness": _robustness("localization", locs, (None,), rng)}
+    md = build_report(_write(tmp_path, res))["md"].read_text()
+    assert "## Robustness (SPEC §10)" in md and "| checkpoint | method | metric |" not in md
+    r = next(r for r in res["robustness"]["runs"] if r["localizer"] == "activation" and r["method"] == "npo"
+             and r["checkpoint"] == "final")
+    cells = [c.strip() for c in md.split("| npo | final | activation |", 1)[1].split("\n", 1)[0].strip("|").split("|")]
+    assert cells[0] == f"{r['R_forget_relearn_k5']:.3f}" and cells[1] == f"{r['R_forget_relearn_k20']:.3f}"
+
+
+def test_bad_robustness_section_is_user_error(tmp_path):
+    res = _controlled(False)
+    res["robustness"] = {"settings": {}, "metrics": [], "runs": [{"method": "npo", "region": "oracle"}]}
+    with pytest.raises(UserError, match=r"robustness.runs\[0\] lacks field 'checkpoint'"):
+        build_report(_write(tmp_path, res))

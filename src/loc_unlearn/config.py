@@ -324,6 +324,11 @@ class StudyConfig:
     layer_matched: bool = False
     """Localization benchmark: also run, for each attribution method, a random mask with the same
     per-layer counts (`random~METHOD`), separating "which layers" from "which value vectors"."""
+    robustness: Literal["off", "reduced", "full"] = "off"
+    """Robustness attacks (SPEC §10) on every unlearned model of a study, at its final checkpoint and at
+    its MU95 checkpoint (studies/robustness.py): 'off'; 'reduced' = relearning for 0, 5, 20 steps on the
+    forget_relearn half only, RTN at 4 and 8 bits (the tiny demo's setting: minutes on a CPU); 'full' =
+    the `attack` section as configured (default schedule 0, 5, 10, 25, 50, both relearn variants, its bits)."""
 
     def validate(self, where: str = "study") -> None:
         check_at_least(f"{where}.seeds", self.seeds, 1)
@@ -427,6 +432,8 @@ def _coerce(value: Any, tp, where: str):
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where)
     if origin is Literal:
+        if value is False and "off" in args:  # YAML 1.1 reads a bare `off` as false (study.robustness=off)
+            value = "off"
         if value not in args:
             raise ConfigError(f"config key '{where}': expected one of {list(args)}, got {value!r}")
         return value

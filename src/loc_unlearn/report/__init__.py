@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..utils import atomic_write, log, write_text_atomic
-from . import plots, tables
+from . import plots, robustness, tables
 from .render import Plot, to_html, to_markdown
 
 STUDIES = ("controlled", "localization")
@@ -129,6 +129,8 @@ def load_results(study_dir: str | Path) -> dict:
         _need(r, "precision", _NUM, f"localization_check[{i}]", path)
         _need(r, "recall", _NUM, f"localization_check[{i}]", path)
     _list_of_dicts(res, "tests", path, required=False)
+    if "robustness" in res:
+        _check_robustness(res, path)
     if "setup" in res:
         _need(res, "setup", dict, "results", path)
     if "output_fit" in res:
@@ -137,6 +139,22 @@ def load_results(study_dir: str | Path) -> dict:
             _need(r, "layer", int, f"output_fit.per_layer[{i}]", path)
             _need(r, "residual", _NUM, f"output_fit.per_layer[{i}]", path)
     return res
+
+
+def _check_robustness(res: dict, path: Path) -> None:
+    """results.json `robustness` (studies/robustness.py): settings, metrics, runs, references, tests."""
+    rob = _need(res, "robustness", dict, "results", path)
+    _need(rob, "settings", dict, "robustness", path)
+    for i, m in enumerate(_list_of_dicts(rob, "metrics", path, required=True)):
+        _need(m, "metric", str, f"robustness.metrics[{i}]", path)
+        _need(m, "kind", str, f"robustness.metrics[{i}]", path)
+    group = "region" if res["study"] == "controlled" else "localizer"
+    for i, r in enumerate(_list_of_dicts(rob, "runs", path, required=True)):
+        for k in ("method", group, "checkpoint"):
+            _need(r, k, str, f"robustness.runs[{i}]", path)
+    for i, r in enumerate(_list_of_dicts(rob, "references", path, required=False)):
+        _need(r, "model", str, f"robustness.references[{i}]", path)
+    _list_of_dicts(rob, "tests", path, required=False)
 
 
 def _plot(fig, name: str, caption: str, made: list) -> list:
@@ -181,6 +199,7 @@ def controlled_sections(res: dict, made: list) -> list[tuple[str, list]]:
             *_plot(plots.output_fit_residuals(res), "output_fit_residual.png",
                    "Per-layer relative residual of fitting a random region to the injected output change.", made),
             *tables.output_fit_tables(res)]))
+    s += robustness.sections(res, lambda fig, name, cap: _plot(fig, name, cap, made))
     s.append(("Glossary", tables.glossary(res)))
     s.append(("Per-run values", [tables.runs_table(res)]))
     return _setup_section(res) + s
@@ -193,6 +212,7 @@ def localization_sections(res: dict, made: list) -> list[tuple[str, list]]:
     if res.get("masks"):
         s.append(("Mask distribution", _plot(plots.mask_layers(res), "mask_layers.png",
                                              "Value vectors per layer in each localizer's mask.", made)))
+    s += robustness.sections(res, lambda fig, name, cap: _plot(fig, name, cap, made))
     s.append(("Glossary", tables.glossary(res)))
     s.append(("Per-run values", [tables.runs_table(res)]))
     return _setup_section(res) + s
@@ -207,6 +227,7 @@ def build_report(study_dir: str | Path) -> dict:
         title, headline, sections = "Controlled study: Oracle vs Random", tables.controlled_headline(res), controlled_sections(res, made)
     else:
         title, headline, sections = "Localization benchmark", tables.localization_headline(res), localization_sections(res, made)
+    headline += [f"Robustness: {line}" for line in robustness.headline(res)]
     sections = [(name, blocks) for name, blocks in sections if blocks]
     meta = " · ".join(x for x in (
         f"preset `{res['preset']}`" if res.get("preset") else "",

@@ -466,4 +466,6 @@ def cli_summary(res: dict) -> list[str]:
     if censored:
         lines.append("MU95 censored (MU never fell below 0.95 MU0; tests treat the last value as observed): "
                      + "; ".join(censored))
-    return lines
+    from .robustness import cli_lines  # here: report.robustness imports this module
+
+    return lines + cli_lines(res)

@@ -23,7 +23,7 @@ from ..masks.mask import Mask
 from ..report import setup_info
 from ..report.tables import cli_summary
 from ..utils import log
-from . import common
+from . import common, robustness
 from .common import Study, Wave
 from .output_fit import run_output_fit
 
@@ -44,13 +44,16 @@ def cmd_study(cfg: Config) -> None:
 
 def run_study(cfg: Config) -> Path:
     """Run (or resume) the whole controlled study; returns the study directory with results.json."""
-    return common.run_study(cfg, Study(
-        name="controlled",
-        inputs=stages.retain_model,  # theta_r, shared by every job
-        # Two waves, so no two jobs ever build the same shared run: theta_o per seed, then unlearning.
-        waves=[Wave("inject (theta_o)", inject_job, [{"seed": s} for s in range(cfg.study.seeds)]),
-               Wave("unlearning runs", unlearn_job, enumerate_jobs(cfg))],
-        gather=gather))
+    # Waves in order, so no two jobs ever build the same shared run: theta_o per seed, then unlearning,
+    # then (study.robustness) the quantized references and the attacks on every unlearned model.
+    waves = [Wave("inject (theta_o)", inject_job, [{"seed": s} for s in range(cfg.study.seeds)]),
+             Wave("unlearning runs", unlearn_job, enumerate_jobs(cfg))]
+    if robustness.enabled(cfg):
+        refs = [{"model": "theta_r"}] + [{"model": "theta_o", "seed": s} for s in range(cfg.study.seeds)]
+        waves += [Wave("quantization references", reference_job, refs),
+                  Wave("robustness attacks", attack_job, enumerate_jobs(cfg))]
+    return common.run_study(cfg, Study(name="controlled", inputs=stages.retain_model,  # theta_r, shared by every job
+                                       waves=waves, gather=gather))
 
 
 def enumerate_jobs(cfg: Config) -> list[dict]:
@@ -65,12 +68,32 @@ def inject_job(cfg: Config, job: dict) -> dict:
     return job
 
 
-def unlearn_job(cfg: Config, job: dict) -> dict:
-    """One unlearning run; recomputes nothing that is cached (theta_r, theta_o, masks)."""
+def _unlearn_run(cfg: Config, job: dict) -> tuple:
+    """(unlearning run, theta_o) of one job; recomputes nothing that is cached (theta_r, theta_o, masks)."""
     theta_r = stages.retain_model(cfg)
     prep = stages.prepare_seed(cfg, theta_r, job["seed"])
     ucfg = method_config(cfg.unlearn, job["method"])
-    return common.unlearn_result(job, stages.unlearn(cfg, prep["theta_o"], prep["masks"][job["region"]], theta_r, ucfg))
+    return stages.unlearn(cfg, prep["theta_o"], prep["masks"][job["region"]], theta_r, ucfg), prep["theta_o"]
+
+
+def unlearn_job(cfg: Config, job: dict) -> dict:
+    """One unlearning run."""
+    return common.unlearn_result(job, _unlearn_run(cfg, job)[0])
+
+
+def attack_job(cfg: Config, job: dict) -> dict:
+    """Relearning + quantization of one unlearning run's final and MU95 checkpoints (SPEC §10)."""
+    run, theta_o = _unlearn_run(cfg, job)
+    return {**job, "rows": robustness.attack_unlearned(cfg, job, run, theta_o)}
+
+
+def reference_job(cfg: Config, job: dict) -> dict:
+    """A quantization reference: theta_r (once), or theta_o of one seed."""
+    theta_r = stages.retain_model(cfg)
+    if job["model"] == "theta_r":
+        return robustness.reference_row(cfg, "theta_r", theta_r)
+    return robustness.reference_row(cfg, "theta_o", stages.prepare_seed(cfg, theta_r, job["seed"])["theta_o"],
+                                    seed=job["seed"])
 
 
 def gather(cfg: Config, outputs: dict[str, list[dict]]) -> dict:
@@ -86,6 +109,10 @@ def gather(cfg: Config, outputs: dict[str, list[dict]]) -> dict:
            "runs": runs, "tests": paired_tests(runs, cfg.study.methods),
            "masks": [{"seed": pr["seed"], "name": r, "per_layer_counts": Mask.load(pr["masks"][r]).per_layer_counts()}
                      for pr in preps for r in REGIONS]}
+    if robustness.enabled(cfg):
+        rows = [row for job in outputs["robustness attacks"] for row in job["rows"]]
+        res["robustness"] = robustness.section(cfg, rows, outputs["quantization references"],
+                                               robustness.paired_tests(rows, cfg.study.methods, robustness.settings(cfg)))
     if cfg.study.localizers:
         res["localization_check"] = [row for pr in preps[:1] for row in localization_check(cfg, pr)]
     if cfg.study.output_fit:

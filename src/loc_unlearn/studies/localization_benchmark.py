@@ -15,8 +15,9 @@ from pathlib import Path
 from .. import stages
 from ..config import Config, method_config
 from ..masks.mask import Mask
+from ..report.robustness import cli_lines as robustness_cli
 from ..utils import progress
-from . import common
+from . import common, robustness
 from .common import Study, Wave
 
 MATCHED = "random~"  # `random~wagle`: random value vectors with WAGLE's per-layer counts
@@ -33,16 +34,20 @@ def cmd_study(cfg: Config) -> None:
             r = next(x for x in res["runs"] if x["localizer"] == loc and x["method"] == m)
             cells.append(f"{r['aues']:10.3f} {r['mu95']:10.2f}")
         print(f"{loc:18s} " + " ".join(cells))
+    print("\n".join(robustness_cli(res)))
     print(f"\nreport: {d / 'report.html'}\n        {d / 'report.md'}\nresults: {d / 'results.json'}")
 
 
 def run_study(cfg: Config) -> Path:
     """Run (or resume) the localization benchmark; returns the study directory with results.json."""
+    waves = [Wave("unlearning runs", unlearn_job, enumerate_jobs(cfg))]
+    if robustness.enabled(cfg):  # SPEC §10 on every unlearned model, after the references
+        waves += [Wave("quantization references", reference_job, [{"model": "full"}, {"model": "theta_r"}]),
+                  Wave("robustness attacks", attack_job, enumerate_jobs(cfg))]
     return common.run_study(cfg, Study(
         name="localization",
         inputs=build_masks,  # the models and every mask, so no two jobs build one (random~X needs X's)
-        waves=[Wave("unlearning runs", unlearn_job, enumerate_jobs(cfg))],
-        gather=gather))
+        waves=waves, gather=gather))
 
 
 def localizers(cfg: Config) -> list[str]:
@@ -61,19 +66,38 @@ def build_masks(cfg: Config) -> dict[str, Path]:
     return {loc: _mask(cfg, full, loc) for loc in progress(localizers(cfg), desc="localize")}
 
 
-def unlearn_job(cfg: Config, job: dict) -> dict:
+def _unlearn_run(cfg: Config, job: dict):
     full, ret = _models(cfg)
     mask = _mask(cfg, full, job["localizer"])
-    return common.unlearn_result(job, stages.unlearn(cfg, full, mask, ret, method_config(cfg.unlearn, job["method"])))
+    return stages.unlearn(cfg, full, mask, ret, method_config(cfg.unlearn, job["method"]))
+
+
+def unlearn_job(cfg: Config, job: dict) -> dict:
+    return common.unlearn_result(job, _unlearn_run(cfg, job))
+
+
+def attack_job(cfg: Config, job: dict) -> dict:
+    """Relearning (ES_o = the full-data model's) + quantization of one run's final and MU95 checkpoints."""
+    return {**job, "rows": robustness.attack_unlearned(cfg, job, _unlearn_run(cfg, job), _models(cfg)[0])}
+
+
+def reference_job(cfg: Config, job: dict) -> dict:
+    """A quantization reference: the full-data model (theta_0 of every run) or theta_r."""
+    full, ret = _models(cfg)
+    return robustness.reference_row(cfg, job["model"], full if job["model"] == "full" else ret)
 
 
 def gather(cfg: Config, outputs: dict[str, list[dict]]) -> dict:
     """results.json of the localization benchmark (schema in docs/contracts.md), from the cached runs."""
     full, _ = _models(cfg)
     masks = {loc: _mask(cfg, full, loc) for loc in localizers(cfg)}
-    return {"ratio": cfg.localize.ratio, "runs": outputs["unlearning runs"],
-            "masks": [{"localizer": loc, "per_layer_counts": Mask.load(m).per_layer_counts()}
-                      for loc, m in masks.items()]}
+    res = {"ratio": cfg.localize.ratio, "runs": outputs["unlearning runs"],
+           "masks": [{"localizer": loc, "per_layer_counts": Mask.load(m).per_layer_counts()}
+                     for loc, m in masks.items()]}
+    if robustness.enabled(cfg):  # values per localizer x method; no pairing (one model per cell)
+        rows = [row for job in outputs["robustness attacks"] for row in job["rows"]]
+        res["robustness"] = robustness.section(cfg, rows, outputs["quantization references"])
+    return res
 
 
 def _models(cfg: Config) -> tuple[stages.ModelRef, stages.ModelRef]:
