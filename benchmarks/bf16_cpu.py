@@ -63,7 +63,7 @@ def masked_step(model, opt, batch, bf16: bool) -> tuple[float, float]:
                      labels=batch["labels"], use_cache=False).loss
     loss.float().backward()
     opt.step()
-    return float(loss), time.perf_counter() - t
+    return float(loss.detach()), time.perf_counter() - t
 
 
 def main():

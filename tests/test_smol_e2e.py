@@ -152,7 +152,9 @@ def test_metrics_on_the_real_tokenizer(pipeline):
     for i, r in enumerate(rows):
         gen = _es_by_generation(model, encode_qa(tok, r["question"], r["answer"]))
         assert tm["es"][i] == pytest.approx(gen, abs=1e-12), f"row {i}"
-    assert max(tm["es"]) > 0.2  # injection took: ES is not trivially 0 everywhere
+    # Not the trivial case (ES = 0: k* = T everywhere): rows with partial extraction, where the one-pass
+    # k* must match the generation search's (8 injection steps leave ES at 0..0.15 on this world).
+    assert sum(0.0 < e < 1.0 for e in tm["es"]) >= 2
 
     sets = {"forget": rows, "retain": load_split(world, "retain_perturbed")[:6],
             "real_authors": load_split(world, "real_authors_perturbed"),
