@@ -25,6 +25,14 @@ from .utils import (fault_point, is_main_process, log, sha256_file, sha256_json,
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+# Files of a run that record how it went rather than what it computed (not in its fingerprint).
+RECORDS = {"metrics.json", "config.yaml", "trainer_state.json", MANIFEST}
+
+
+def determines_results(rel: str) -> bool:
+    """Whether the run file `rel` (relative path) is an artifact (weights, masks, data) rather than a record."""
+    name = Path(rel).name
+    return name not in RECORDS and not name.endswith((".log", ".md", ".png", ".pdf", ".svg"))
 _VERIFIED: set[Path] = set()
 
 
@@ -49,9 +57,14 @@ class Run:
 
     @property
     def fingerprint(self) -> str:
-        """Hash of the files' hashes: changes whenever any file of the run changes, and only then (a run
-        rebuilt to the same bytes keeps every downstream run valid)."""
-        return sha256_json(self.manifest()["files"])
+        """Hash of (stage, run key, the files that determine results): the same inputs give the same
+        fingerprint on any machine and in any runs dir, and a run rebuilt to the same weights keeps every
+        downstream run valid. Records (metrics.json with its timing, config.yaml, logs) are left out:
+        they differ between identical rebuilds and may hold absolute paths."""
+        man = self.manifest()
+        files = {rel: info["sha256"] for rel, info in man["files"].items() if determines_results(rel)}
+        # The directory name is the hash of the run key (get_run), free of paths by construction.
+        return sha256_json({"stage": man.get("stage", self.stage), "key": self.path.name, "files": files})
 
     def metrics(self) -> dict:
         return json.loads((self.path / "metrics.json").read_text())

@@ -73,7 +73,31 @@ def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path, 
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return atomic_write(path, lambda p: save_file(tensors, p, metadata=metadata))
+
+    def write(p):
+        save_file(tensors, p, metadata=metadata)
+        _sort_safetensors_metadata(p)
+
+    return atomic_write(path, write)
+
+
+def _sort_safetensors_metadata(path) -> None:
+    """Rewrite the header's `__metadata__` with sorted keys, in place. safetensors serializes that map
+    from a Rust HashMap, in an order that changes from process to process: without this, the same
+    tensors give different bytes (and sha256) on every run, and content-addressed runs never match."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        raw = f.read(n)
+        head = json.loads(raw)
+        meta = head.get("__metadata__")
+        if not meta or len(meta) < 2:
+            return
+        head["__metadata__"] = dict(sorted(meta.items()))
+        new = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(new) > n:  # never move the tensor data; the header stays as written
+            return
+        f.seek(8)
+        f.write(new + b" " * (n - len(new)))  # the format allows trailing spaces in the header
 
 
 def seed_everything(seed: int) -> None:
