@@ -53,3 +53,29 @@ def test_rebuilt_run_keeps_downstream_runs(tmp_path, mini_cfg, monkeypatch):
     assert calls == ["learn"], f"only theta_r is retrained, got {calls}"
     assert again.path == first.path
     assert json.loads((again.path / "metrics.json").read_text())["aues"] == first.metrics()["aues"]
+
+
+def test_reused_study_verifies_its_inputs(tmp_path, monkeypatch):
+    """A complete study stands on theta_r; truncating theta_r's weights afterwards makes the study's reuse
+    fail with the file named, although the study itself is intact (issue 13)."""
+    import pytest
+
+    from loc_unlearn import runs
+    from loc_unlearn.errors import CheckpointError
+
+    def inner(p):
+        (p / "model.safetensors").write_bytes(b"w" * 1000)
+        return {}
+
+    def study(p):
+        runs.cached(tmp_path, "finetune", {"x": 1}, inner)
+        (p / "results.json").write_text("{}")
+        return {}
+
+    s = runs.cached(tmp_path, "study-controlled", {"s": 1}, study)
+    assert s.manifest()["inputs"] == [f"finetune/{runs.get_run(tmp_path, 'finetune', {'x': 1}).path.name}"]
+    w = next(tmp_path.glob("finetune/*/model.safetensors"))
+    w.write_bytes(b"w" * 10)
+    monkeypatch.setattr(runs, "_VERIFIED", set())  # a new process
+    with pytest.raises(CheckpointError, match=str(w)):
+        runs.cached(tmp_path, "study-controlled", {"s": 1}, study)

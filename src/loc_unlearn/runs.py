@@ -80,7 +80,21 @@ class Run:
                     f"{f}: sha256 does not match {self.manifest_path} (file truncated or altered); "
                     f"refusing to use it. Delete {self.path} to recompute.")
 
-    def finish(self, metrics: dict) -> None:
+    def verify_inputs(self) -> None:
+        """Verify the runs this one was built from (the manifest's `inputs`), once per process each: a
+        reused study must not stand on a theta_r truncated since."""
+        for rel in self.manifest().get("inputs", []):
+            d = self.path.parent.parent / rel
+            if d in _VERIFIED:
+                continue
+            inp = Run(d, Path(rel).parent.name, {})
+            if not inp.is_complete():
+                raise CheckpointError(f"{self.path} was built from {d}, which is missing or incomplete now; "
+                                      f"delete {self.path} to recompute")
+            inp.verify()
+            _VERIFIED.add(d)
+
+    def finish(self, metrics: dict, inputs: list[str] = ()) -> None:
         write_json_atomic(self.path / "metrics.json", metrics)
         write_text_atomic(self.path / "config.yaml", yaml.safe_dump(self.key, sort_keys=False))
         fault_point("before_manifest")
@@ -90,7 +104,7 @@ class Run:
                 rel = str(f.relative_to(self.path))
                 files[rel] = {"sha256": sha256_file(f), "size": f.stat().st_size}
         write_json_atomic(self.manifest_path, {"stage": self.stage, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                               "files": files})
+                                               "files": files, "inputs": sorted(inputs)})
 
 
 def wait_for(path: Path, timeout_s: float = 24 * 3600) -> None:
@@ -127,9 +141,9 @@ def cached(runs_dir: str | Path, stage: str, key: dict[str, Any], build: Callabl
     run = get_run(runs_dir, stage, key)
     if world_size() > 1 and not run.is_complete():
         if collective or is_main_process():
-            metrics = build(run.path) or {}
+            metrics, inputs = _build(run, build)
             if is_main_process():
-                run.finish(metrics)
+                run.finish(metrics, inputs)
         wait_for(run.manifest_path)
     if not run.is_complete():
         # An exclusive lock, so two processes (cluster jobs, two terminals) never build one run at once;
@@ -139,15 +153,37 @@ def cached(runs_dir: str | Path, stage: str, key: dict[str, Any], build: Callabl
             if not run.is_complete():
                 log(f"{stage}: running in {run.path}")
                 t0 = time.time()
-                metrics = build(run.path) or {}
+                metrics, inputs = _build(run, build)
                 metrics.setdefault("elapsed_s", round(time.time() - t0, 2))
-                run.finish(metrics)
-                return run
+                run.finish(metrics, inputs)
+                return _used(run)
     if verify and run.path not in _VERIFIED:
         # Once per process: a study asks for theta_r / theta_o in every job, and hashing an 8B model's
         # weights each time would cost a minute per call.
         run.verify()
+        run.verify_inputs()
         _VERIFIED.add(run.path)
     if stage.startswith("study"):  # inner stages are reused many times per study; say it once
         log(f"{stage}: reusing complete run {run.path}")
+    return _used(run)
+
+
+# The runs used by each build in progress (a stack: builds nest), recorded as the new run's `inputs`.
+_BUILDING: list[set[str]] = []
+
+
+def _build(run: Run, build: Callable[[Path], dict]) -> tuple[dict, list[str]]:
+    _BUILDING.append(set())
+    try:
+        metrics = build(run.path) or {}
+    finally:
+        used = _BUILDING.pop()
+    return metrics, sorted(used)
+
+
+def _used(run: Run) -> Run:
+    # Every enclosing build depends on it (a study on all its stages, transitively). Relative to the
+    # runs dir: manifests hold no absolute paths.
+    for frame in _BUILDING:
+        frame.add(f"{run.stage}/{run.path.name}")
     return run
