@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 from .config import build_config
 from .errors import UserError
@@ -55,6 +56,55 @@ COMMANDS: dict[str, tuple[str, dict, str]] = {
     "report": ("loc_unlearn.report:cmd_report", {}, "rebuild the report of a study run dir: report RUN_DIR"),
 }
 
+# The config sections each command reads (its `--help` lists their keys); every command also reads the
+# top-level keys (runs_dir, model=, out=, preset).
+_STAGES = ["data", "model", "finetune", "eval"]
+SECTIONS: dict[str, list[str]] = {
+    "data generate": ["data"],
+    "finetune": _STAGES,
+    "inject": _STAGES + ["inject"],
+    "localize": _STAGES + ["localize"],
+    "unlearn": _STAGES + ["unlearn"],
+    "evaluate": ["data", "model", "eval"],
+    "trajectory": ["data", "model", "eval"],
+    "study controlled": _STAGES + ["inject", "unlearn", "localize", "study"],
+    "study localization": _STAGES + ["unlearn", "localize", "study"],
+    "study output_fit": _STAGES + ["inject", "study"],
+    "demo": _STAGES + ["inject", "unlearn", "localize", "study"],
+    "attack relearn": _STAGES + ["attack"],
+    "attack quantize": ["data", "model", "eval", "attack"],
+    "report": [],
+}
+TOP_LEVEL = ["runs_dir", "input_model", "out", "preset"]
+
+
+def _keys_help(name: str) -> str:
+    """The keys `name` reads: dotted key (type, default) and the first sentence of its docstring."""
+    from .config import Config, describe_keys, field_docs
+
+    docs = field_docs()["Config"]
+    rows = [(k, "str", repr(getattr(Config(), k)), docs.get(k, "").split(". ")[0]) for k in TOP_LEVEL]
+    for section in SECTIONS.get(name, []):
+        rows += describe_keys(section)
+    lines = ["config keys (key=value; defaults before presets, preset=tiny sets its own):"]
+    lines += [f"  {k} ({t}, default {d}): {doc}" for k, t, d, doc in rows]
+    return "\n".join(lines)
+
+
+def _group_usage(group: str) -> str:
+    subs = [(n, h) for n, (_, _, h) in COMMANDS.items() if n.startswith(group + " ")]
+    lines = [f"usage: loc-unlearn {group} <subcommand> [key=value ...]", "", "subcommands:"]
+    lines += [f"  {n.split(' ', 1)[1]:18s} {h}" for n, h in subs]
+    lines += ["", f"`loc-unlearn {group} <subcommand> --help` lists the config keys it reads."]
+    return "\n".join(lines)
+
+
+def _report_usage(cfg) -> str:
+    # Study run dirs are runs_dir/study-<name>/<hash>/ (runs.get_run); name the ones that exist.
+    found = sorted(str(p.parent) for p in Path(cfg.runs_dir).glob("study-*/*/results.json"))
+    hint = ("; study runs in " + cfg.runs_dir + ": " + ", ".join(found[:5])) if found else ""
+    return f"report needs a study run directory: loc-unlearn report {cfg.runs_dir}/study-controlled/<hash>{hint}"
+
 
 def _usage() -> str:
     lines = ["usage: loc-unlearn <command> [--config FILE.yaml] [key=value ...]", "", "commands:"]
@@ -74,11 +124,19 @@ def main(argv: list[str] | None = None) -> int:
     rest = argv[1:]
     if f"{name} {rest[0] if rest else ''}".strip() in COMMANDS and rest:
         name, rest = f"{name} {rest[0]}", rest[1:]
+    if name not in COMMANDS and any(c.startswith(name + " ") for c in COMMANDS):
+        # a group (data, study, attack) without its subcommand, or with --help
+        if not rest or rest[0] in ("-h", "--help"):
+            print(_group_usage(name))
+            return 0
+        print(f"error: unknown subcommand {name} {rest[0]!r}\n{_group_usage(name)}", file=sys.stderr)
+        return 2
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}; known commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     target, aliases, help_ = COMMANDS[name]
-    parser = argparse.ArgumentParser(prog=f"loc-unlearn {name}", description=help_)
+    parser = argparse.ArgumentParser(prog=f"loc-unlearn {name}", description=help_, epilog=_keys_help(name),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help="YAML file with config values")
     parser.add_argument("positional", nargs="*", help="key=value overrides (report: RUN_DIR)")
     args = parser.parse_args(rest)
@@ -87,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     all_aliases = {k: v for k, v in COMMON.items() if v} | aliases
     try:
         cfg = build_config(config_file=args.config, overrides=overrides, aliases=all_aliases)
+        if name == "report" and not positional:
+            raise UserError(_report_usage(cfg))
         module, fn = target.split(":")
         func = getattr(importlib.import_module(module), fn)
         func(cfg, *positional) if positional else func(cfg)
