@@ -53,6 +53,9 @@ COMMANDS: dict[str, tuple[str, dict, str]] = {
                         {"bits": "attack.bits", "group_size": "attack.group_size", "symmetric": "attack.symmetric",
                          "theta_o": "attack.theta_o", "theta_r": "attack.theta_r"},
                         "quantization attack (SPEC §10): round-to-nearest weights, FS/RS before and after"),
+    "trajectory": ("loc_unlearn.evaluate.trajectory:cmd_trajectory",
+                   {"init": "input_model", "checkpoints": "checkpoints", "reference": "eval.reference"},
+                   "evaluate HF checkpoint folders as an unlearning trajectory (init = point 0): AUES, MU95"),
     "report": ("loc_unlearn.report:cmd_report", {}, "rebuild the report of a study run dir: report RUN_DIR"),
 }
 

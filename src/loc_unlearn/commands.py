@@ -23,24 +23,38 @@ def _print_json(title: str, obj) -> None:
 
 def model_arg(cfg: Config) -> ModelRef | None:
     """model=PATH on the command line: a run's model folder or any HF folder / hub id."""
-    if not cfg.input_model:
-        return None
-    p = Path(cfg.input_model)
+    return resolve_model(cfg.input_model, "model") if cfg.input_model else None
+
+
+def resolve_model(text: str, key: str) -> ModelRef:
+    """A model named on the command line under `key` (model=, reference=, checkpoints=): a run directory,
+    a run's model folder (both verified against the run's manifest), another local folder or a hub id.
+    A path-like name that does not exist is an error at once (never retried as a hub id)."""
+    p = Path(text)
     if (p / "manifest.json").is_file() and (p / "model").is_dir():
         p = p / "model"
     if (p.parent / "manifest.json").is_file():
         run = Run(p.parent, "model", {})
         run.verify()
         return ModelRef(str(p), run.fingerprint, run)
-    if not p.exists() and (cfg.input_model.startswith((".", "/")) or cfg.input_model.count("/") != 1):
-        raise UserError(f"model={cfg.input_model}: no such folder (expected a run directory, a model folder "
+    if p.is_dir():
+        return ModelRef(str(p), f"model:{text}")
+    if not p.exists() and looks_like_path(text):
+        raise UserError(f"{key}={text}: no such folder (expected a run directory, a model folder "
                         f"or a hub id like owner/name)")
-    return ModelRef(str(p), f"model:{cfg.input_model}")
+    if p.is_file():
+        raise UserError(f"{key}={text}: is a file; expected a run directory, a model folder or a hub id")
+    return ModelRef(text, f"model:{text}")
+
+
+def looks_like_path(text: str) -> bool:
+    """Not a hub id (owner/name): starts with . / ~, or has other than exactly one '/'."""
+    return text.startswith((".", "/", "~")) or text.count("/") != 1
 
 
 def _reference_arg(cfg: Config) -> ModelRef | None:
-    """eval.reference=PATH: the FQ reference model (theta_r) given on the command line."""
-    return ModelRef(cfg.eval.reference, f"model:{cfg.eval.reference}") if cfg.eval.reference else None
+    """eval.reference=PATH: the FQ reference model (theta_r), resolved like model=."""
+    return resolve_model(cfg.eval.reference, "reference (eval.reference)") if cfg.eval.reference else None
 
 
 def cmd_data_generate(cfg: Config) -> None:

@@ -386,6 +386,8 @@ class Config:
     a model folder or a hub id. (`model.path` is the preset's base model instead.)"""
     out: str = ""
     """Output folder for commands that write one (data generate, localize, evaluate); empty = a run dir."""
+    checkpoints: list[str] = field(default_factory=list)
+    """`trajectory`: HF-format checkpoint folders (or hub ids) in training order; `model=`/`init=` is point 0."""
     data: DataConfig = field(default_factory=DataConfig)
     """The forget/retain data (SPEC §3)."""
     model: ModelConfig = field(default_factory=ModelConfig)
