@@ -8,6 +8,7 @@ aliases for dotted keys (`unlearn.method=npo`). User mistakes (UserError) print 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from pathlib import Path
@@ -146,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [a for a in args.positional if "=" in a]
     positional = [a for a in args.positional if "=" not in a]
     all_aliases = {k: v for k, v in COMMON.items() if v} | aliases
+    cfg = None
     try:
         cfg = build_config(config_file=args.config, overrides=overrides, aliases=all_aliases)
         if name == "report" and not positional:
@@ -155,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         func(cfg, *positional) if positional else func(cfg)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC):
+            raise
+        print(f"error: cannot write {e.filename or ''}: {e.strerror}. The runs dir (runs_dir={getattr(cfg, 'runs_dir', '?')}) and "
+              f"out= must be writable folders with free space; pass runs_dir=DIR to use another one.",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; completed stages are kept and a rerun resumes", file=sys.stderr)

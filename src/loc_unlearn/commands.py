@@ -48,8 +48,9 @@ def resolve_model(text: str, key: str) -> ModelRef:
 
 
 def looks_like_path(text: str) -> bool:
-    """Not a hub id (owner/name): starts with . / ~, or has other than exactly one '/'."""
-    return text.startswith((".", "/", "~")) or text.count("/") != 1
+    """Not a hub id (owner/name): starts with . / ~, has other than exactly one '/', or its first part is
+    a local folder (runs/typo: a mistyped run, not the hub user 'runs')."""
+    return text.startswith((".", "/", "~")) or text.count("/") != 1 or Path(text).parent.is_dir()
 
 
 def _reference_arg(cfg: Config) -> ModelRef | None:
@@ -85,7 +86,7 @@ def cmd_localize(cfg: Config) -> None:
     mask = Mask.load(path)
     out = path
     if cfg.out:
-        out = Path(cfg.out)
+        out = localize_out(cfg.out)
         mask.save(out)
     summary = {"mask": str(out), "per_layer_counts": mask.per_layer_counts()}
     for other in cfg.localize.compare:
@@ -93,6 +94,13 @@ def cmd_localize(cfg: Config) -> None:
         pr = mask.precision_recall(o)
         summary[f"vs {other}"] = {"jaccard": mask.jaccard(o), **pr}
     _print_json("localization:", summary)
+
+
+def localize_out(out: str) -> Path:
+    """out= of localize: an existing folder (or a path ending in '/') gets `mask.safetensors` inside it;
+    any other path is the mask file itself."""
+    p = Path(out)
+    return p / "mask.safetensors" if p.is_dir() or out.endswith("/") else p
 
 
 def cmd_unlearn(cfg: Config) -> None:

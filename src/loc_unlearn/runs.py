@@ -149,7 +149,11 @@ def cached(runs_dir: str | Path, stage: str, key: dict[str, Any], build: Callabl
         # An exclusive lock, so two processes (cluster jobs, two terminals) never build one run at once;
         # the second waits and then finds it complete.
         with open(run.path / LOCK, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log(f"{stage}: waiting for {run.path} (another process is building it)")
+                fcntl.flock(lock, fcntl.LOCK_EX)
             if not run.is_complete():
                 log(f"{stage}: running in {run.path}")
                 t0 = time.time()

@@ -34,6 +34,9 @@ def atomic_write(path: str | Path, write_fn) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    # mkstemp creates 0600; give the file the mode open() would (0666 minus the umask), so runs can be
+    # shared with a group or read by other users like any other file.
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     try:
         write_fn(tmp)
@@ -47,6 +50,12 @@ def atomic_write(path: str | Path, write_fn) -> Path:
             pass
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it; set back at once
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
