@@ -5,12 +5,12 @@ import dataclasses
 
 import pytest
 
-from loc_unlearn import config
+from loc_unlearn import config, config_docs
 from loc_unlearn.cli import COMMANDS, SECTIONS, main
 
 
 def test_every_config_field_has_a_docstring():
-    docs = config.field_docs()
+    docs = config_docs.field_docs()
     missing = []
     for cls in [config.Config] + [config._hints(config.Config)[s] for s in config._hints(config.Config)
                                   if dataclasses.is_dataclass(config._hints(config.Config)[s])]:

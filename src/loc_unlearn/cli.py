@@ -84,7 +84,8 @@ TOP_LEVEL = ["runs_dir", "input_model", "out", "preset"]
 
 def _keys_help(name: str) -> str:
     """The keys `name` reads: dotted key (type, default) and the first sentence of its docstring."""
-    from .config import Config, describe_keys, field_docs
+    from .config import Config
+    from .config_docs import describe_keys, field_docs
 
     docs = field_docs()["Config"]
     rows = [(k, "str", repr(getattr(Config(), k)), docs.get(k, "").split(". ")[0]) for k in TOP_LEVEL]

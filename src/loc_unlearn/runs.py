@@ -107,6 +107,20 @@ class Run:
                                                "files": files, "inputs": sorted(inputs)})
 
 
+def path_fingerprint(path: str) -> str:
+    """Content hash of a path named in a config, for run keys: a file's sha256, a run (or a run's model
+    folder) its fingerprint; a hub id or another folder stays as named. Empty stays empty."""
+    if not path:
+        return ""
+    p = Path(path)
+    if p.is_file():
+        return sha256_file(p)
+    for d in (p, p.parent):
+        if (d / "manifest.json").is_file():
+            return Run(d, "model", {}).fingerprint
+    return f"path:{path}"
+
+
 def wait_for(path: Path, timeout_s: float = 24 * 3600) -> None:
     """Block until `path` exists: under several processes, the others wait for what the main one writes."""
     t0 = time.time()

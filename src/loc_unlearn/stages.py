@@ -33,7 +33,7 @@ from .masks.localize import localize as localize_mask
 from .masks.mask import Mask
 from .models.load import build_tiny, load_model, preset_base_path, save_model
 from .models.value_vectors import shape
-from .runs import Run, cached, wait_for
+from .runs import Run, cached, path_fingerprint, wait_for
 from .train.objectives import hparams_from
 from .train import loop  # as a module: tests replace loop.train to prove a complete study trains nothing
 from .utils import fault_point, is_main_process, log, sha256_file, sha256_json, write_json_atomic
@@ -144,20 +144,6 @@ def _hash_files(stats: tuple) -> str:
 
 
 # ----------------------------------------------------------------------------- models
-
-
-def path_fingerprint(path: str) -> str:
-    """Content hash of a path named in a config, for run keys: a file's sha256, a run (or a run's model
-    folder) its fingerprint; a hub id or another folder stays as named. Empty stays empty."""
-    if not path:
-        return ""
-    p = Path(path)
-    if p.is_file():
-        return sha256_file(p)
-    for d in (p, p.parent):
-        if (d / "manifest.json").is_file():
-            return Run(d, "model", {}).fingerprint
-    return f"path:{path}"
 
 
 @dataclasses.dataclass
