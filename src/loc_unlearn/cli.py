@@ -8,8 +8,10 @@ aliases for dotted keys (`unlearn.method=npo`). User mistakes (UserError) print 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
+from pathlib import Path
 
 from .config import build_config
 from .errors import UserError
@@ -52,8 +54,61 @@ COMMANDS: dict[str, tuple[str, dict, str]] = {
                         {"bits": "attack.bits", "group_size": "attack.group_size", "symmetric": "attack.symmetric",
                          "theta_o": "attack.theta_o", "theta_r": "attack.theta_r"},
                         "quantization attack (SPEC §10): round-to-nearest weights, FS/RS before and after"),
+    "trajectory": ("loc_unlearn.evaluate.trajectory:cmd_trajectory",
+                   {"init": "input_model", "checkpoints": "checkpoints", "reference": "eval.reference"},
+                   "evaluate HF checkpoint folders as an unlearning trajectory (init = point 0): AUES, MU95"),
     "report": ("loc_unlearn.report:cmd_report", {}, "rebuild the report of a study run dir: report RUN_DIR"),
 }
+
+# The config sections each command reads (its `--help` lists their keys); every command also reads the
+# top-level keys (runs_dir, model=, out=, preset).
+_STAGES = ["data", "model", "finetune", "eval"]
+SECTIONS: dict[str, list[str]] = {
+    "data generate": ["data"],
+    "finetune": _STAGES,
+    "inject": _STAGES + ["inject"],
+    "localize": _STAGES + ["localize"],
+    "unlearn": _STAGES + ["unlearn"],
+    "evaluate": ["data", "model", "eval"],
+    "trajectory": ["data", "model", "eval"],
+    "study controlled": _STAGES + ["inject", "unlearn", "localize", "study"],
+    "study localization": _STAGES + ["unlearn", "localize", "study"],
+    "study output_fit": _STAGES + ["inject", "study"],
+    "demo": _STAGES + ["inject", "unlearn", "localize", "study"],
+    "attack relearn": _STAGES + ["attack"],
+    "attack quantize": ["data", "model", "eval", "attack"],
+    "report": [],
+}
+TOP_LEVEL = ["runs_dir", "input_model", "out", "preset"]
+
+
+def _keys_help(name: str) -> str:
+    """The keys `name` reads: dotted key (type, default) and the first sentence of its docstring."""
+    from .config import Config
+    from .config_docs import describe_keys, field_docs
+
+    docs = field_docs()["Config"]
+    rows = [(k, "str", repr(getattr(Config(), k)), docs.get(k, "").split(". ")[0]) for k in TOP_LEVEL]
+    for section in SECTIONS.get(name, []):
+        rows += describe_keys(section)
+    lines = ["config keys (key=value; defaults before presets, preset=tiny sets its own):"]
+    lines += [f"  {k} ({t}, default {d}): {doc}" for k, t, d, doc in rows]
+    return "\n".join(lines)
+
+
+def _group_usage(group: str) -> str:
+    subs = [(n, h) for n, (_, _, h) in COMMANDS.items() if n.startswith(group + " ")]
+    lines = [f"usage: loc-unlearn {group} <subcommand> [key=value ...]", "", "subcommands:"]
+    lines += [f"  {n.split(' ', 1)[1]:18s} {h}" for n, h in subs]
+    lines += ["", f"`loc-unlearn {group} <subcommand> --help` lists the config keys it reads."]
+    return "\n".join(lines)
+
+
+def _report_usage(cfg) -> str:
+    # Study run dirs are runs_dir/study-<name>/<hash>/ (runs.get_run); name the ones that exist.
+    found = sorted(str(p.parent) for p in Path(cfg.runs_dir).glob("study-*/*/results.json"))
+    hint = ("; study runs in " + cfg.runs_dir + ": " + ", ".join(found[:5])) if found else ""
+    return f"report needs a study run directory: loc-unlearn report {cfg.runs_dir}/study-controlled/<hash>{hint}"
 
 
 def _usage() -> str:
@@ -74,24 +129,42 @@ def main(argv: list[str] | None = None) -> int:
     rest = argv[1:]
     if f"{name} {rest[0] if rest else ''}".strip() in COMMANDS and rest:
         name, rest = f"{name} {rest[0]}", rest[1:]
+    if name not in COMMANDS and any(c.startswith(name + " ") for c in COMMANDS):
+        # a group (data, study, attack) without its subcommand, or with --help
+        if not rest or rest[0] in ("-h", "--help"):
+            print(_group_usage(name))
+            return 0
+        print(f"error: unknown subcommand {name} {rest[0]!r}\n{_group_usage(name)}", file=sys.stderr)
+        return 2
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}; known commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     target, aliases, help_ = COMMANDS[name]
-    parser = argparse.ArgumentParser(prog=f"loc-unlearn {name}", description=help_)
+    parser = argparse.ArgumentParser(prog=f"loc-unlearn {name}", description=help_, epilog=_keys_help(name),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help="YAML file with config values")
     parser.add_argument("positional", nargs="*", help="key=value overrides (report: RUN_DIR)")
     args = parser.parse_args(rest)
     overrides = [a for a in args.positional if "=" in a]
     positional = [a for a in args.positional if "=" not in a]
     all_aliases = {k: v for k, v in COMMON.items() if v} | aliases
+    cfg = None
     try:
         cfg = build_config(config_file=args.config, overrides=overrides, aliases=all_aliases)
+        if name == "report" and not positional:
+            raise UserError(_report_usage(cfg))
         module, fn = target.split(":")
         func = getattr(importlib.import_module(module), fn)
         func(cfg, *positional) if positional else func(cfg)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC):
+            raise
+        print(f"error: cannot write {e.filename or ''}: {e.strerror}. The runs dir (runs_dir={getattr(cfg, 'runs_dir', '?')}) and "
+              f"out= must be writable folders with free space; pass runs_dir=DIR to use another one.",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; completed stages are kept and a rerun resumes", file=sys.stderr)

@@ -23,24 +23,39 @@ def _print_json(title: str, obj) -> None:
 
 def model_arg(cfg: Config) -> ModelRef | None:
     """model=PATH on the command line: a run's model folder or any HF folder / hub id."""
-    if not cfg.input_model:
-        return None
-    p = Path(cfg.input_model)
+    return resolve_model(cfg.input_model, "model") if cfg.input_model else None
+
+
+def resolve_model(text: str, key: str) -> ModelRef:
+    """A model named on the command line under `key` (model=, reference=, checkpoints=): a run directory,
+    a run's model folder (both verified against the run's manifest), another local folder or a hub id.
+    A path-like name that does not exist is an error at once (never retried as a hub id)."""
+    p = Path(text)
     if (p / "manifest.json").is_file() and (p / "model").is_dir():
         p = p / "model"
     if (p.parent / "manifest.json").is_file():
         run = Run(p.parent, "model", {})
         run.verify()
         return ModelRef(str(p), run.fingerprint, run)
-    if not p.exists() and (cfg.input_model.startswith((".", "/")) or cfg.input_model.count("/") != 1):
-        raise UserError(f"model={cfg.input_model}: no such folder (expected a run directory, a model folder "
+    if p.is_dir():
+        return ModelRef(str(p), f"model:{text}")
+    if not p.exists() and looks_like_path(text):
+        raise UserError(f"{key}={text}: no such folder (expected a run directory, a model folder "
                         f"or a hub id like owner/name)")
-    return ModelRef(str(p), f"model:{cfg.input_model}")
+    if p.is_file():
+        raise UserError(f"{key}={text}: is a file; expected a run directory, a model folder or a hub id")
+    return ModelRef(text, f"model:{text}")
+
+
+def looks_like_path(text: str) -> bool:
+    """Not a hub id (owner/name): starts with . / ~, has other than exactly one '/', or its first part is
+    a local folder (runs/typo: a mistyped run, not the hub user 'runs')."""
+    return text.startswith((".", "/", "~")) or text.count("/") != 1 or Path(text).parent.is_dir()
 
 
 def _reference_arg(cfg: Config) -> ModelRef | None:
-    """eval.reference=PATH: the FQ reference model (theta_r) given on the command line."""
-    return ModelRef(cfg.eval.reference, f"model:{cfg.eval.reference}") if cfg.eval.reference else None
+    """eval.reference=PATH: the FQ reference model (theta_r), resolved like model=."""
+    return resolve_model(cfg.eval.reference, "reference (eval.reference)") if cfg.eval.reference else None
 
 
 def cmd_data_generate(cfg: Config) -> None:
@@ -71,7 +86,7 @@ def cmd_localize(cfg: Config) -> None:
     mask = Mask.load(path)
     out = path
     if cfg.out:
-        out = Path(cfg.out)
+        out = localize_out(cfg.out)
         mask.save(out)
     summary = {"mask": str(out), "per_layer_counts": mask.per_layer_counts()}
     for other in cfg.localize.compare:
@@ -79,6 +94,13 @@ def cmd_localize(cfg: Config) -> None:
         pr = mask.precision_recall(o)
         summary[f"vs {other}"] = {"jaccard": mask.jaccard(o), **pr}
     _print_json("localization:", summary)
+
+
+def localize_out(out: str) -> Path:
+    """out= of localize: an existing folder (or a path ending in '/') gets `mask.safetensors` inside it;
+    any other path is the mask file itself."""
+    p = Path(out)
+    return p / "mask.safetensors" if p.is_dir() or out.endswith("/") else p
 
 
 def cmd_unlearn(cfg: Config) -> None:

@@ -45,6 +45,14 @@ def check_at_least(key: str, value: int, low: int) -> None:
         raise ConfigError(f"{key}={value!r}: expected an integer >= {low}")
 
 
+def check_file(key: str, path: str) -> None:
+    """An optional input file (masks): empty, or an existing file."""
+    if path and not Path(path).is_file():
+        what = "is a folder" if Path(path).is_dir() else "does not exist"
+        raise ConfigError(f"{key}={path}: {what}; expected a mask file (.safetensors, e.g. the mask.safetensors "
+                          f"of a localize or inject run)")
+
+
 def check_name(key: str, name: str, kind: str) -> None:
     """`name` is registered as a `kind` ("unlearning method" or "localization method")."""
     known = _registry(kind)
@@ -204,6 +212,12 @@ class InjectConfig:
 
     def validate(self, where: str = "inject") -> None:
         check_fraction(f"{where}.ratio", self.ratio)
+        if self.ratio > 0.5:
+            # Checked here, not after injection: the controlled study's Random region is disjoint from
+            # V_tgt and of the same size, which only fits when V_tgt is at most half of the value vectors.
+            raise ConfigError(f"{where}.ratio={self.ratio!r}: expected at most 0.5 (the Random region, disjoint "
+                              f"from V_tgt and of the same size, must fit in its complement)")
+        check_file(f"{where}.mask", self.mask)
         self.train.validate(f"{where}.train")
 
 
@@ -234,6 +248,7 @@ class UnlearnConfig:
 
     def validate(self, where: str = "unlearn") -> None:
         check_name(f"{where}.method", self.method, "unlearning method")
+        check_file(f"{where}.mask", self.mask)
         self.train.validate(f"{where}.train")
         for name in self.per_method:
             check_name(f"{where}.per_method", name, "unlearning method")
@@ -391,15 +406,26 @@ class Config:
     a model folder or a hub id. (`model.path` is the preset's base model instead.)"""
     out: str = ""
     """Output folder for commands that write one (data generate, localize, evaluate); empty = a run dir."""
+    checkpoints: list[str] = field(default_factory=list)
+    """`trajectory`: HF-format checkpoint folders (or hub ids) in training order; `model=`/`init=` is point 0."""
     data: DataConfig = field(default_factory=DataConfig)
+    """The forget/retain data (SPEC §3)."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The base model theta_p."""
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    """Fine-tuning all parameters: theta_r (SPEC §7 step 1)."""
     inject: InjectConfig = field(default_factory=InjectConfig)
+    """Injecting the forget set into V_tgt: theta_o (SPEC §7 step 2)."""
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
+    """Masked unlearning (SPEC §4-5)."""
     localize: LocalizeConfig = field(default_factory=LocalizeConfig)
+    """Localization methods (SPEC §6)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation and trajectory summaries (SPEC §2-4)."""
     study: StudyConfig = field(default_factory=StudyConfig)
+    """The studies' seeds, methods and executor."""
     attack: AttackConfig = field(default_factory=AttackConfig)
+    """Robustness attacks (SPEC §10)."""
 
     def validate(self) -> "Config":
         """Check every section's names and ranges before any work (ConfigError naming the key)."""

@@ -25,6 +25,14 @@ from .utils import (fault_point, is_main_process, log, sha256_file, sha256_json,
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+# Files of a run that record how it went rather than what it computed (not in its fingerprint).
+RECORDS = {"metrics.json", "config.yaml", "trainer_state.json", MANIFEST}
+
+
+def determines_results(rel: str) -> bool:
+    """Whether the run file `rel` (relative path) is an artifact (weights, masks, data) rather than a record."""
+    name = Path(rel).name
+    return name not in RECORDS and not name.endswith((".log", ".md", ".png", ".pdf", ".svg"))
 _VERIFIED: set[Path] = set()
 
 
@@ -49,9 +57,14 @@ class Run:
 
     @property
     def fingerprint(self) -> str:
-        """Hash of the files' hashes: changes whenever any file of the run changes, and only then (a run
-        rebuilt to the same bytes keeps every downstream run valid)."""
-        return sha256_json(self.manifest()["files"])
+        """Hash of (stage, run key, the files that determine results): the same inputs give the same
+        fingerprint on any machine and in any runs dir, and a run rebuilt to the same weights keeps every
+        downstream run valid. Records (metrics.json with its timing, config.yaml, logs) are left out:
+        they differ between identical rebuilds and may hold absolute paths."""
+        man = self.manifest()
+        files = {rel: info["sha256"] for rel, info in man["files"].items() if determines_results(rel)}
+        # The directory name is the hash of the run key (get_run), free of paths by construction.
+        return sha256_json({"stage": man.get("stage", self.stage), "key": self.path.name, "files": files})
 
     def metrics(self) -> dict:
         return json.loads((self.path / "metrics.json").read_text())
@@ -67,7 +80,21 @@ class Run:
                     f"{f}: sha256 does not match {self.manifest_path} (file truncated or altered); "
                     f"refusing to use it. Delete {self.path} to recompute.")
 
-    def finish(self, metrics: dict) -> None:
+    def verify_inputs(self) -> None:
+        """Verify the runs this one was built from (the manifest's `inputs`), once per process each: a
+        reused study must not stand on a theta_r truncated since."""
+        for rel in self.manifest().get("inputs", []):
+            d = self.path.parent.parent / rel
+            if d in _VERIFIED:
+                continue
+            inp = Run(d, Path(rel).parent.name, {})
+            if not inp.is_complete():
+                raise CheckpointError(f"{self.path} was built from {d}, which is missing or incomplete now; "
+                                      f"delete {self.path} to recompute")
+            inp.verify()
+            _VERIFIED.add(d)
+
+    def finish(self, metrics: dict, inputs: list[str] = ()) -> None:
         write_json_atomic(self.path / "metrics.json", metrics)
         write_text_atomic(self.path / "config.yaml", yaml.safe_dump(self.key, sort_keys=False))
         fault_point("before_manifest")
@@ -77,7 +104,21 @@ class Run:
                 rel = str(f.relative_to(self.path))
                 files[rel] = {"sha256": sha256_file(f), "size": f.stat().st_size}
         write_json_atomic(self.manifest_path, {"stage": self.stage, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                               "files": files})
+                                               "files": files, "inputs": sorted(inputs)})
+
+
+def path_fingerprint(path: str) -> str:
+    """Content hash of a path named in a config, for run keys: a file's sha256, a run (or a run's model
+    folder) its fingerprint; a hub id or another folder stays as named. Empty stays empty."""
+    if not path:
+        return ""
+    p = Path(path)
+    if p.is_file():
+        return sha256_file(p)
+    for d in (p, p.parent):
+        if (d / "manifest.json").is_file():
+            return Run(d, "model", {}).fingerprint
+    return f"path:{path}"
 
 
 def wait_for(path: Path, timeout_s: float = 24 * 3600) -> None:
@@ -114,27 +155,53 @@ def cached(runs_dir: str | Path, stage: str, key: dict[str, Any], build: Callabl
     run = get_run(runs_dir, stage, key)
     if world_size() > 1 and not run.is_complete():
         if collective or is_main_process():
-            metrics = build(run.path) or {}
+            metrics, inputs = _build(run, build)
             if is_main_process():
-                run.finish(metrics)
+                run.finish(metrics, inputs)
         wait_for(run.manifest_path)
     if not run.is_complete():
         # An exclusive lock, so two processes (cluster jobs, two terminals) never build one run at once;
         # the second waits and then finds it complete.
         with open(run.path / LOCK, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log(f"{stage}: waiting for {run.path} (another process is building it)")
+                fcntl.flock(lock, fcntl.LOCK_EX)
             if not run.is_complete():
                 log(f"{stage}: running in {run.path}")
                 t0 = time.time()
-                metrics = build(run.path) or {}
+                metrics, inputs = _build(run, build)
                 metrics.setdefault("elapsed_s", round(time.time() - t0, 2))
-                run.finish(metrics)
-                return run
+                run.finish(metrics, inputs)
+                return _used(run)
     if verify and run.path not in _VERIFIED:
         # Once per process: a study asks for theta_r / theta_o in every job, and hashing an 8B model's
         # weights each time would cost a minute per call.
         run.verify()
+        run.verify_inputs()
         _VERIFIED.add(run.path)
     if stage.startswith("study"):  # inner stages are reused many times per study; say it once
         log(f"{stage}: reusing complete run {run.path}")
+    return _used(run)
+
+
+# The runs used by each build in progress (a stack: builds nest), recorded as the new run's `inputs`.
+_BUILDING: list[set[str]] = []
+
+
+def _build(run: Run, build: Callable[[Path], dict]) -> tuple[dict, list[str]]:
+    _BUILDING.append(set())
+    try:
+        metrics = build(run.path) or {}
+    finally:
+        used = _BUILDING.pop()
+    return metrics, sorted(used)
+
+
+def _used(run: Run) -> Run:
+    # Every enclosing build depends on it (a study on all its stages, transitively). Relative to the
+    # runs dir: manifests hold no absolute paths.
+    for frame in _BUILDING:
+        frame.add(f"{run.stage}/{run.path.name}")
     return run

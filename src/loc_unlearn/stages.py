@@ -33,7 +33,7 @@ from .masks.localize import localize as localize_mask
 from .masks.mask import Mask
 from .models.load import build_tiny, load_model, preset_base_path, save_model
 from .models.value_vectors import shape
-from .runs import Run, cached, wait_for
+from .runs import Run, cached, path_fingerprint, wait_for
 from .train.objectives import hparams_from
 from .train import loop  # as a module: tests replace loop.train to prove a complete study trains nothing
 from .utils import fault_point, is_main_process, log, sha256_file, sha256_json, write_json_atomic
@@ -253,12 +253,17 @@ def localize(cfg: Config, model: ModelRef, lcfg=None) -> Path:
     def build(p: Path) -> dict:
         m, tok = model.load(cfg)
         mask = localize_mask(lcfg, m, tok, data.forget_rows(), data.retain_rows())
+        # The file names its source by content, not by a path that differs between runs dirs.
+        for k, fp in (("source_mask", src_fp), ("reference", path_fingerprint(lcfg.reference))):
+            if mask.meta.get(k):
+                mask.meta[k] = f"sha256:{fp}"
         mask.save(p / "mask.safetensors")
         return {"method": lcfg.method, "ratio": lcfg.ratio, "scope": lcfg.scope,
                 "per_layer_counts": mask.per_layer_counts()}
 
-    key = {"localize": asdict(lcfg) | {"compare": []}, "model": model.fingerprint, "data": data.fingerprint,
-           "source_mask": src_fp}
+    # Paths in keys are replaced by content hashes: the same inputs share a run in any directory.
+    key = {"localize": asdict(lcfg) | {"compare": [], "source_mask": "", "reference": path_fingerprint(lcfg.reference)},
+           "model": model.fingerprint, "data": data.fingerprint, "source_mask": src_fp}
     run = cached(cfg.runs_dir, "localize", key, build)
     return run.path / "mask.safetensors"
 
@@ -308,7 +313,7 @@ def inject(cfg: Config, theta_r: ModelRef, seed: int | None = None) -> ModelRef:
         return {"seed": seed, "forget_es": em["mean_es"], "exact_greedy": em["exact_greedy"],
                 "target_es": target, "reached": em["mean_es"] >= target}
 
-    key = {"inject": asdict(cfg.inject) | {"seed": seed}, "mask": sha256_file(mask_path),
+    key = {"inject": asdict(cfg.inject) | {"seed": seed, "mask": ""}, "mask": sha256_file(mask_path),
            "theta_r": theta_r.fingerprint, "data": data.fingerprint}
     return _ref_from_run(cached(cfg.runs_dir, "inject", key, build, collective=True))
 
@@ -401,7 +406,7 @@ def unlearn(cfg: Config, model: ModelRef, mask_path: str | Path | None, referenc
                 "aues": summ["aues"], "mu95": summ["mu95"], "mu95_not_reached": summ["mu95_not_reached"],
                 "train_truncated": res.truncated}
 
-    key = {"unlearn": asdict(ucfg), "eval": eval_key(cfg) | {k: getattr(cfg.eval, k) for k in
+    key = {"unlearn": asdict(ucfg) | {"mask": ""}, "eval": eval_key(cfg) | {k: getattr(cfg.eval, k) for k in
                                                              ("curve", "envelope", "left_anchor", "mu95")},
            "model": model.fingerprint, "mask": sha256_file(mask_path) if mask_path else "",
            "reference": reference.fingerprint, "data": data.fingerprint}

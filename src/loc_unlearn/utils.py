@@ -34,6 +34,9 @@ def atomic_write(path: str | Path, write_fn) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    # mkstemp creates 0600; give the file the mode open() would (0666 minus the umask), so runs can be
+    # shared with a group or read by other users like any other file.
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     try:
         write_fn(tmp)
@@ -47,6 +50,12 @@ def atomic_write(path: str | Path, write_fn) -> Path:
             pass
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it; set back at once
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -73,7 +82,31 @@ def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path, 
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return atomic_write(path, lambda p: save_file(tensors, p, metadata=metadata))
+
+    def write(p):
+        save_file(tensors, p, metadata=metadata)
+        _sort_safetensors_metadata(p)
+
+    return atomic_write(path, write)
+
+
+def _sort_safetensors_metadata(path) -> None:
+    """Rewrite the header's `__metadata__` with sorted keys, in place. safetensors serializes that map
+    from a Rust HashMap, in an order that changes from process to process: without this, the same
+    tensors give different bytes (and sha256) on every run, and content-addressed runs never match."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        raw = f.read(n)
+        head = json.loads(raw)
+        meta = head.get("__metadata__")
+        if not meta or len(meta) < 2:
+            return
+        head["__metadata__"] = dict(sorted(meta.items()))
+        new = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(new) > n:  # never move the tensor data; the header stays as written
+            return
+        f.seek(8)
+        f.write(new + b" " * (n - len(new)))  # the format allows trailing spaces in the header
 
 
 def seed_everything(seed: int) -> None:

@@ -1,0 +1,56 @@
+"""`loc-unlearn <command> --help` lists the config keys the command reads with type, default and doc;
+groups (data, study, attack) list their subcommands; `report` without a directory gives a usage line
+that matches the real layout runs_dir/study-<name>/<hash> (issue 14)."""
+import dataclasses
+
+import pytest
+
+from loc_unlearn import config, config_docs
+from loc_unlearn.cli import COMMANDS, SECTIONS, main
+
+
+def test_every_config_field_has_a_docstring():
+    docs = config_docs.field_docs()
+    missing = []
+    for cls in [config.Config] + [config._hints(config.Config)[s] for s in config._hints(config.Config)
+                                  if dataclasses.is_dataclass(config._hints(config.Config)[s])]:
+        todo = [cls]
+        while todo:
+            c = todo.pop()
+            for f in dataclasses.fields(c):
+                if not docs.get(c.__name__, {}).get(f.name):
+                    missing.append(f"{c.__name__}.{f.name}")
+                tp = config._hints(c)[f.name]
+                if dataclasses.is_dataclass(tp):
+                    todo.append(tp)
+    assert not missing
+
+
+def test_every_command_declares_its_sections():
+    assert set(COMMANDS) <= set(SECTIONS)
+
+
+def test_finetune_help_lists_keys_with_type_default_doc(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["finetune", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "finetune.train.lr (float, default 1e-05): Peak learning rate (AdamW)" in out
+    assert "finetune.train.checkpoint_every (float" in out and "unlearn.method" not in out
+
+
+@pytest.mark.parametrize("group,sub", [("data", "generate"), ("study", "controlled"), ("attack", "relearn")])
+def test_groups_list_their_subcommands(capsys, group, sub):
+    assert main([group, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert sub in out and "unknown command" not in out
+    assert main([group, "nonsense"]) == 2
+    assert "unknown subcommand" in capsys.readouterr().err
+
+
+def test_report_without_dir_gives_the_real_layout(capsys, tmp_path):
+    (tmp_path / "study-controlled" / "abc123").mkdir(parents=True)
+    (tmp_path / "study-controlled" / "abc123" / "results.json").write_text("{}")
+    assert main(["report", f"runs_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path}/study-controlled/<hash>" in err and str(tmp_path / "study-controlled" / "abc123") in err
