@@ -164,3 +164,19 @@ def test_norm_cap_bounds_trained_columns_and_touches_nothing_else(tiny_lm, tmp_p
 def test_max_norm_ratio_is_validated():
     with pytest.raises(ConfigError, match="inject.max_norm_ratio"):
         build_config(overrides=["inject.max_norm_ratio=-1"])
+
+
+def test_report_tables_show_norm_ratio_scope_and_concentration_flag():
+    from loc_unlearn.report.tables import injection_table, localization_check_table
+
+    inj = injection_table({"injection": [{"seed": 0, "forget_es": 1.0, "target_es": 0.9, "full_ft_es": 1.0,
+                                          "reached": True, "norm_ratio": 4.174}]})
+    assert inj.rows[0][-1] == "4.17"
+    checks = [{"seed": 0, "method": "wagle", "scope": "global", "precision": 0.1, "recall": 0.1,
+               "per_layer_counts": [9, 1], "layer_concentrated": True},
+              {"seed": 0, "method": "wagle", "scope": "per_layer", "precision": 0.2, "recall": 0.2,
+               "per_layer_counts": [5, 5], "layer_concentrated": False}]
+    t = localization_check_table({"ratio": 0.1, "localization_check": checks})
+    assert [r[0] for r in t.rows] == ["wagle", "wagle@per_layer"]
+    assert [r[-1] for r in t.rows] == ["**1/1**", "0"]
+    assert any("one layer: wagle " in n for n in t.notes)

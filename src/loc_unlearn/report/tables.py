@@ -213,10 +213,13 @@ def comparison_table(res: dict, metric: str) -> Table:
 
 def injection_table(res: dict) -> Table:
     rows = [[str(r.get("seed", "")), fmt(r.get("forget_es")), fmt(r.get("target_es")), fmt(r.get("full_ft_es")),
-             "yes" if r.get("reached") else "**no**"] for r in res["injection"]]
-    t = Table(["seed", "forget ES reached", "target ES", "full fine-tune ES", "reached?"], rows)
+             "yes" if r.get("reached") else "**no**", fmt(r.get("norm_ratio"), 2)] for r in res["injection"]]
+    t = Table(["seed", "forget ES reached", "target ES", "full fine-tune ES", "reached?",
+               "norm ratio V_tgt/rest"], rows)
     if any(not r.get("reached") for r in res["injection"]):
         t.notes.append("Injection fell short of the target for some seeds: theta_o knows less of the forget set there.")
+    t.notes.append("Norm ratio = mean ||v|| over V_tgt / over the other value vectors of theta_o (about 1 in theta_r); "
+                   "well above 1, V_tgt can be found by its norms alone.")
     return t
 
 

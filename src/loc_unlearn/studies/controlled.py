@@ -83,7 +83,8 @@ def gather(cfg: Config, outputs: dict[str, list[dict]]) -> dict:
     res = {"ratio": cfg.inject.ratio, "setup": setup_info(cfg, theta_r.path),
            "injection": [{k: v for k, v in pr["theta_o"].run.metrics().items()
                           if k in ("seed", "forget_es", "target_es", "reached", "exact_greedy")} |
-                         {"full_ft_es": pr["theta_o"].run.metrics()["target_es"] / cfg.inject.target_es_fraction}
+                         {"full_ft_es": pr["theta_o"].run.metrics()["target_es"] / cfg.inject.target_es_fraction,
+                          "norm_ratio": pr["theta_o"].run.metrics().get("norm_ratio", {}).get("theta_o", {}).get("overall")}
                          for pr in preps],
            "runs": runs, "tests": paired_tests(runs, cfg.study.methods),
            "masks": [{"seed": pr["seed"], "name": r, "per_layer_counts": Mask.load(pr["masks"][r]).per_layer_counts()}
