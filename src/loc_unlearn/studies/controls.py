@@ -4,9 +4,9 @@ Per seed, two edits of theta_o that differ only in WHICH region they touch, like
 
 - oracle reset: V_tgt's columns set back to theta_r's values. The injection changed V_tgt only (masked
   training, checked bit for bit), so this removes the injected facts by construction: the model IS
-  theta_r again (`tensors_differing_from_theta_r` records 0).
+  theta_r again (`tensors_differing_from_theta_r` records 0; `same_as` "theta_r").
 - random reset: V_rdm's columns set back to theta_r's values, a no-op (`max_abs_change` records 0.0),
-  because the injection never moved V_rdm.
+  because the injection never moved V_rdm (`same_as` "theta_o").
 
 Both models go through the study's own evaluation (stages.evaluate, FQ against theta_r) and the FS
 values through the same paired test (evaluate.stats.paired_tests) over the same seeds as the Oracle vs
@@ -31,8 +31,10 @@ from ..runs import cached
 from ..utils import sha256_file
 
 
-def reset_region(cfg: Config, theta_o: stages.ModelRef, theta_r: stages.ModelRef, mask_path: Path) -> stages.ModelRef:
-    """Cached: theta_o with the columns of `mask_path` copied from theta_r."""
+def reset_region(cfg: Config, theta_o: stages.ModelRef, theta_r: stages.ModelRef,
+                 mask_path: Path) -> tuple[stages.ModelRef, dict]:
+    """Cached: theta_o with the columns of `mask_path` copied from theta_r, and what the reset changed
+    (`max_abs_change`, `tensors_differing_from_theta_r`, `same_as`: theta_r | theta_o | '')."""
 
     def build(p: Path) -> dict:
         model, tok = theta_o.load(cfg)
@@ -48,13 +50,20 @@ def reset_region(cfg: Config, theta_o: stages.ModelRef, theta_r: stages.ModelRef
                     w[:, idx] = w_r[:, idx]
         sd_r = ref.state_dict()
         differing = sum(not torch.equal(v, sd_r[k]) for k, v in model.state_dict().items())
-        save_model(model, tok, p / "model")
-        # oracle: change > 0 and 0 tensors differ (theta_r again); random: change 0 (a no-op).
-        return {"max_abs_change": change, "tensors_differing_from_theta_r": int(differing)}
+        # oracle: change > 0 and no tensor differs (theta_r again); random: change 0 (theta_o as it was).
+        # A model identical to one we have is not written again (a paper-size model is 16 GB): its
+        # cached evaluation is the evaluation of these weights.
+        same = "theta_r" if differing == 0 else "theta_o" if change == 0.0 else ""
+        if not same:
+            save_model(model, tok, p / "model")
+        return {"max_abs_change": change, "tensors_differing_from_theta_r": int(differing), "same_as": same}
 
     key = {"theta_o": theta_o.fingerprint, "theta_r": theta_r.fingerprint, "mask": sha256_file(mask_path)}
     run = cached(cfg.runs_dir, "control_reset", key, build)
-    return stages.ModelRef(path=str(run.path / "model"), fingerprint=run.fingerprint, run=run)
+    diag = run.metrics()
+    if diag["same_as"]:
+        return (theta_r if diag["same_as"] == "theta_r" else theta_o), diag
+    return stages.ModelRef(path=str(run.path / "model"), fingerprint=run.fingerprint, run=run), diag
 
 
 def positive_control(cfg: Config, theta_r: stages.ModelRef, preps: list[dict]) -> dict:
@@ -65,10 +74,9 @@ def positive_control(cfg: Config, theta_r: stages.ModelRef, preps: list[dict]) -
     for pr in preps:
         row = {"seed": pr["seed"]}
         for region in REGIONS:
-            ref = reset_region(cfg, pr["theta_o"], theta_r, pr["masks"][region])
+            ref, diag = reset_region(cfg, pr["theta_o"], theta_r, pr["masks"][region])
             met = stages.evaluate(cfg, ref, theta_r)
-            row[region] = {"FS": met["FS"], "RS": met["RS"], "log10_FQ": met.get("log10_FQ"),
-                           **ref.run.metrics()}  # max_abs_change, tensors_differing_from_theta_r
+            row[region] = {"FS": met["FS"], "RS": met["RS"], "log10_FQ": met.get("log10_FQ"), **diag}
         rows.append(row)
     fs = {r: [row[r]["FS"] for row in rows] for r in REGIONS}
     test = paired_tests(fs["oracle"], fs["random"])
