@@ -207,6 +207,9 @@ class InjectConfig:
     masked recipe's rate can be too large for all parameters."""
     target_es_fraction: float = 0.9
     """Injection must reach this fraction of the forget ES that full fine-tuning reaches (SPEC §7)."""
+    max_norm_ratio: float = 0.0
+    """After every step, scale each V_tgt value vector down to at most this many times its theta_r norm
+    (0 = off; train/norm_cap.py), so V_tgt cannot be found by norm alone."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Injection recipe."""
 
@@ -218,6 +221,8 @@ class InjectConfig:
             raise ConfigError(f"{where}.ratio={self.ratio!r}: expected at most 0.5 (the Random region, disjoint "
                               f"from V_tgt and of the same size, must fit in its complement)")
         check_file(f"{where}.mask", self.mask)
+        if self.max_norm_ratio < 0:
+            raise ConfigError(f"config key '{where}.max_norm_ratio': expected >= 0 (0 = off), got {self.max_norm_ratio}")
         self.train.validate(f"{where}.train")
 
 
@@ -336,6 +341,9 @@ class StudyConfig:
     """SLURM time limit per job (minutes)."""
     output_fit: bool = True
     """Also run the per-layer output-reproduction analysis (SPEC §9)."""
+    scopes: list[str] = field(default_factory=lambda: ["global"])
+    """Top-k scopes of the localization masks (localize.scope values): the controlled study's localization
+    check runs every localizer in each; the localization benchmark labels non-global masks `NAME@SCOPE`."""
     layer_matched: bool = False
     """Localization benchmark: also run, for each attribution method, a random mask with the same
     per-layer counts (`random~METHOD`), separating "which layers" from "which value vectors"."""
@@ -351,6 +359,9 @@ class StudyConfig:
             check_name(f"{where}.methods", name, "unlearning method")
         for name in self.localizers:
             check_name(f"{where}.localizers", name, "localization method")
+        for scope in self.scopes:
+            if scope not in ("global", "per_layer"):
+                raise ConfigError(f"config key '{where}.scopes': expected 'global' or 'per_layer', got {scope!r}")
 
 
 @dataclass

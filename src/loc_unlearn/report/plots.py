@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import hsv_to_rgb, to_hex  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .tables import REGIONS, by_seed, isnum, localizers_of, mean_std, methods_of, paired  # noqa: E402
+from .tables import REGIONS, by_seed, check_label, isnum, localizers_of, mean_std, methods_of, paired  # noqa: E402
 
 COLORS = {"oracle": "#d62728", "random": "#1f77b4"}
 PALETTE = plt.get_cmap("tab10").colors
@@ -171,7 +171,7 @@ def mask_layers(res: dict):
             series.append((m["localizer"], m["per_layer_counts"]))
     for r in res.get("localization_check") or []:
         if r.get("seed", 0) == 0 and r.get("per_layer_counts"):
-            series.append((f"{r['method']} (localized on theta_o)", r["per_layer_counts"]))
+            series.append((f"{check_label(r)} (localized on theta_o)", r["per_layer_counts"]))
     if not series:
         return None
     n_layers = max(len(c) for _, c in series)
@@ -202,11 +202,11 @@ def localization_check(res: dict):
     rows = res.get("localization_check") or []
     if not rows:
         return None
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    methods = list(dict.fromkeys(check_label(r) for r in rows))  # global and per_layer rows apart
     x = np.arange(len(methods))
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(methods) + 2), 3.4))
     for k, (key, color) in enumerate((("precision", "#2ca02c"), ("recall", "#9467bd"))):
-        vals = [[r[key] for r in rows if r["method"] == m] for m in methods]
+        vals = [[r[key] for r in rows if check_label(r) == m] for m in methods]
         ms = [mean_std(v) for v in vals]
         _bars_with_errors(ax, x + (k - 0.5) * 0.38, [v[0] for v in ms], [v[1] for v in ms],
                           [sum(isnum(u) for u in v) for v in vals], 0.38, color, key)

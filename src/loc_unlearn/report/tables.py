@@ -140,6 +140,8 @@ def controlled_headline(res: dict) -> list[str]:
     short = [str(r.get("seed")) for r in res.get("injection") or [] if not r.get("reached")]
     if short:
         lines.append(f"Caution: injection did not reach its target ES for seed(s) {', '.join(short)} (see the injection table).")
+    if isinstance(res.get("positive_control"), dict):
+        lines.append(positive_control_line(res["positive_control"]))
     return [summary] + lines
 
 
@@ -211,22 +213,50 @@ def comparison_table(res: dict, metric: str) -> Table:
 
 def injection_table(res: dict) -> Table:
     rows = [[str(r.get("seed", "")), fmt(r.get("forget_es")), fmt(r.get("target_es")), fmt(r.get("full_ft_es")),
-             "yes" if r.get("reached") else "**no**"] for r in res["injection"]]
-    t = Table(["seed", "forget ES reached", "target ES", "full fine-tune ES", "reached?"], rows)
+             "yes" if r.get("reached") else "**no**", fmt(r.get("norm_ratio"), 2)] for r in res["injection"]]
+    t = Table(["seed", "forget ES reached", "target ES", "full fine-tune ES", "reached?",
+               "norm ratio V_tgt/rest"], rows)
     if any(not r.get("reached") for r in res["injection"]):
         t.notes.append("Injection fell short of the target for some seeds: theta_o knows less of the forget set there.")
+    t.notes.append("Norm ratio = mean ||v|| over V_tgt / over the other value vectors of theta_o (about 1 in theta_r); "
+                   "well above 1, V_tgt can be found by its norms alone.")
     return t
+
+
+def check_label(row: dict) -> str:
+    """A localization-check row's name: the method, `@per_layer` when its masks were top-k per layer."""
+    scope = row.get("scope", "global")
+    return row["method"] if scope == "global" else f"{row['method']}@{scope}"
 
 
 def localization_check_table(res: dict) -> Table:
     """Precision/recall of each localization method at recovering V_tgt, mean over the seeds present."""
-    rows = []
-    for m in list(dict.fromkeys(r["method"] for r in res["localization_check"])):
-        sel = [r for r in res["localization_check"] if r["method"] == m]
-        rows.append([m, fmt_ms([r["precision"] for r in sel]), fmt_ms([r["recall"] for r in sel]), str(len(sel))])
+    rows, flagged = [], []
+    checks = res["localization_check"]
+    for m in list(dict.fromkeys(check_label(r) for r in checks)):
+        sel = [r for r in checks if check_label(r) == m]
+        conc = sum(bool(r.get("layer_concentrated")) for r in sel)
+        if conc:
+            flagged.append(m)
+        rows.append([m, fmt_ms([r["precision"] for r in sel]), fmt_ms([r["recall"] for r in sel]), str(len(sel)),
+                     f"**{conc}/{len(sel)}**" if conc else "0"])
     ratio = res.get("ratio")
     notes = [f"A random mask of the same size has expected precision = recall = ratio = {fmt(ratio)}."] if isnum(ratio) else []
-    return Table(["localization method", "precision", "recall", "seeds"], rows, notes)
+    notes.append("norm = top ||v||; norm-ref = top ||v - v(theta_r)||, which finds V_tgt by construction (the sanity row).")
+    if flagged:
+        notes.append("More than half of the value vectors in one layer: " + ", ".join(flagged)
+                     + " (such a mask reflects per-layer score scales as much as where the facts are).")
+    return Table(["localization method", "precision", "recall", "seeds", "masks > half in one layer"], rows, notes)
+
+
+def positive_control_line(pc: dict) -> str:
+    """One sentence on the positive control (SPEC §11; studies/controls.py)."""
+    t = pc.get("test") or {}
+    verdict = "**detected**" if pc.get("detected") else "**not detected**"
+    return (f"Positive control: FS of theta_o after resetting V_tgt to theta_r {fmt_ms(pc.get('oracle_fs') or [])} vs "
+            f"after resetting V_rdm {fmt_ms(pc.get('random_fs') or [])} (a difference that exists by construction), "
+            f"paired t p = {fmt_p(pc.get('p'), t.get('n'))}, MDD {fmt_mdd(t)}: {verdict}; a study whose positive "
+            "control is not detected is underpowered.")
 
 
 def output_fit_tables(res: dict) -> list[Table]:

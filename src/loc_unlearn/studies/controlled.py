@@ -19,12 +19,14 @@ from pathlib import Path
 from .. import stages
 from ..config import REGIONS, Config, method_config
 from ..evaluate.stats import compare_groups
+from ..masks.diagnostics import concentrated
 from ..masks.mask import Mask
 from ..report import setup_info
-from ..report.tables import cli_summary
+from ..report.tables import cli_summary, positive_control_line
 from ..utils import log
 from . import common, robustness
 from .common import Study, Wave
+from .controls import positive_control
 from .output_fit import run_output_fit
 
 
@@ -104,7 +106,8 @@ def gather(cfg: Config, outputs: dict[str, list[dict]]) -> dict:
     res = {"ratio": cfg.inject.ratio, "setup": setup_info(cfg, theta_r.path),
            "injection": [{k: v for k, v in pr["theta_o"].run.metrics().items()
                           if k in ("seed", "forget_es", "target_es", "reached", "exact_greedy")} |
-                         {"full_ft_es": pr["theta_o"].run.metrics()["target_es"] / cfg.inject.target_es_fraction}
+                         {"full_ft_es": pr["theta_o"].run.metrics()["target_es"] / cfg.inject.target_es_fraction,
+                          "norm_ratio": pr["theta_o"].run.metrics().get("norm_ratio", {}).get("theta_o", {}).get("overall")}
                          for pr in preps],
            "runs": runs, "tests": paired_tests(runs, cfg.study.methods),
            "masks": [{"seed": pr["seed"], "name": r, "per_layer_counts": Mask.load(pr["masks"][r]).per_layer_counts()}
@@ -117,6 +120,7 @@ def gather(cfg: Config, outputs: dict[str, list[dict]]) -> dict:
         res["localization_check"] = [row for pr in preps[:1] for row in localization_check(cfg, pr)]
     if cfg.study.output_fit:
         res["output_fit"] = run_output_fit(cfg, theta_r, preps[0])
+    res["positive_control"] = positive_control(cfg, theta_r, preps)
     return res
 
 
@@ -127,18 +131,24 @@ def paired_tests(runs: list[dict], methods: list[str]) -> list[dict]:
 
 
 def localization_check(cfg: Config, prep: dict) -> list[dict]:
-    """Beyond the paper: can each localization method find V_tgt on theta_o? (SPEC §7 step 5)."""
+    """Beyond the paper: can each localization method find V_tgt on theta_o? (SPEC §7 step 5), in every
+    scope of `study.scopes`. Sanity rows first: `norm` (||v||, finds V_tgt only if the injection inflated
+    its norms) and `norm-ref` (||v - v_r|| against theta_r, finds V_tgt exactly by construction)."""
     tgt = Mask.load(prep["masks"]["oracle"])
+    theta_r = stages.retain_model(cfg)
     rows = []
-    for method in cfg.study.localizers:
-        # Another seed than V_tgt's own (which is the `random` method with seed s): otherwise "random"
-        # would trivially recover V_tgt.
-        lcfg = dataclasses.replace(cfg.localize, method=method, ratio=cfg.inject.ratio,
-                                   seed=prep["seed"] + 20_000, source_mask="")
-        m = Mask.load(stages.localize(cfg, prep["theta_o"], lcfg))
-        pr = m.precision_recall(tgt)
-        rows.append({"seed": prep["seed"], "method": method, "precision": pr["precision"], "recall": pr["recall"],
-                     "per_layer_counts": m.per_layer_counts()})
+    for scope in cfg.study.scopes:
+        for method in ["norm", "norm-ref", *cfg.study.localizers]:
+            # Another seed than V_tgt's own (which is the `random` method with seed s): otherwise "random"
+            # would trivially recover V_tgt.
+            lcfg = dataclasses.replace(cfg.localize, method=method.removesuffix("-ref"), ratio=cfg.inject.ratio,
+                                       seed=prep["seed"] + 20_000, source_mask="", scope=scope,
+                                       reference=theta_r.path if method == "norm-ref" else "")
+            m = Mask.load(stages.localize(cfg, prep["theta_o"], lcfg))
+            pr = m.precision_recall(tgt)
+            counts = m.per_layer_counts()
+            rows.append({"seed": prep["seed"], "method": method, "scope": scope, "precision": pr["precision"],
+                         "recall": pr["recall"], "per_layer_counts": counts, "layer_concentrated": concentrated(counts)})
     return rows
 
 
@@ -150,7 +160,10 @@ def print_summary(study_dir: Path) -> None:
               f"{'reached' if inj['reached'] else 'NOT reached'})")
     if "localization_check" in res:
         print("localization precision at recovering V_tgt (random expects "
-              f"{res['ratio']:.2f}): " + ", ".join(f"{r['method']} {r['precision']:.2f}" for r in res["localization_check"]))
+              f"{res['ratio']:.2f}): " + ", ".join(f"{r['method']}{'' if r.get('scope', 'global') == 'global' else '@' + r['scope']} "
+                                              f"{r['precision']:.2f}" for r in res["localization_check"]))
+    if "positive_control" in res:
+        print(positive_control_line(res["positive_control"]))
     if "output_fit" in res:
         of = res["output_fit"]
         print(f"output fit: stitched FS {of['stitched']['FS']:.3f} RS {of['stitched']['RS']:.3f} "

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .. import stages
 from ..config import Config, method_config
+from ..masks.diagnostics import concentrated
 from ..masks.mask import Mask
 from ..report.robustness import cli_lines as robustness_cli
 from ..utils import progress
@@ -21,6 +22,7 @@ from . import common, robustness
 from .common import Study, Wave
 
 MATCHED = "random~"  # `random~wagle`: random value vectors with WAGLE's per-layer counts
+SCOPE = "@"  # `wagle@per_layer`: WAGLE's top-k taken in every layer (study.scopes)
 
 
 def cmd_study(cfg: Config) -> None:
@@ -51,10 +53,11 @@ def run_study(cfg: Config) -> Path:
 
 
 def localizers(cfg: Config) -> list[str]:
+    """Mask labels: every localizer in every scope of `study.scopes` (`NAME@per_layer` off the global scope)."""
     names = list(cfg.study.localizers)
     if cfg.study.layer_matched:
         names += [MATCHED + loc for loc in cfg.study.localizers if not loc.startswith("random")]
-    return names
+    return [n if scope == "global" else f"{n}{SCOPE}{scope}" for scope in cfg.study.scopes for n in names]
 
 
 def enumerate_jobs(cfg: Config) -> list[dict]:
@@ -92,8 +95,8 @@ def gather(cfg: Config, outputs: dict[str, list[dict]]) -> dict:
     full, _ = _models(cfg)
     masks = {loc: _mask(cfg, full, loc) for loc in localizers(cfg)}
     res = {"ratio": cfg.localize.ratio, "runs": outputs["unlearning runs"],
-           "masks": [{"localizer": loc, "per_layer_counts": Mask.load(m).per_layer_counts()}
-                     for loc, m in masks.items()]}
+           "masks": [{"localizer": loc, "per_layer_counts": c, "layer_concentrated": concentrated(c)}
+                     for loc, m in masks.items() for c in [Mask.load(m).per_layer_counts()]]}
     if robustness.enabled(cfg):  # values per localizer x method; no pairing (one model per cell)
         rows = [row for job in outputs["robustness attacks"] for row in job["rows"]]
         res["robustness"] = robustness.section(cfg, rows, outputs["quantization references"])
@@ -106,9 +109,10 @@ def _models(cfg: Config) -> tuple[stages.ModelRef, stages.ModelRef]:
 
 
 def _mask(cfg: Config, model: stages.ModelRef, localizer: str) -> Path:
-    if localizer.startswith(MATCHED):
+    name, _, scope = localizer.partition(SCOPE)
+    if name.startswith(MATCHED):  # random~X@s: random vectors with the per-layer counts of X@s
         src = _mask(cfg, model, localizer[len(MATCHED):])
         lcfg = dataclasses.replace(cfg.localize, method="random_layer_matched", source_mask=str(src))
     else:
-        lcfg = dataclasses.replace(cfg.localize, method=localizer, source_mask="")
+        lcfg = dataclasses.replace(cfg.localize, method=name, source_mask="", scope=scope or "global")
     return stages.localize(cfg, model, lcfg)

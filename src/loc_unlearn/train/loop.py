@@ -310,7 +310,7 @@ def _checkpoint(run: _Run, plan: _Plan, out_dir: Path, step: int) -> None:
     run.acc.wait_for_everyone()
 
 
-def _steps(run: _Run, plan: _Plan, out_dir: Path) -> None:
+def _steps(run: _Run, plan: _Plan, out_dir: Path, post_step=None) -> None:
     cfg, N, R = plan.cfg, len(plan.items["forget"]), len(plan.items["retain"])
     quiet = not run.acc.is_main_process or os.environ.get("LOC_UNLEARN_QUIET") == "1"
     bar = progress(total=plan.total, initial=run.start, desc=f"train {plan.name}", disable=quiet)
@@ -329,6 +329,8 @@ def _steps(run: _Run, plan: _Plan, out_dir: Path) -> None:
             raise _diverged(run, plan, rec, out_dir)
         run.md.apply_weight_decay(rec["lr"], cfg.weight_decay)
         run.opt.step()
+        if post_step is not None:  # e.g. the injection's norm cap (train/norm_cap.py): edits deltas only
+            post_step(run.md)
         fault_point("train_step")
         run.opt.zero_grad(set_to_none=True)
         run.history.append(rec)
@@ -365,10 +367,13 @@ def _finish(run: _Run, plan: _Plan, out_dir: Path) -> TrainResult:
 
 
 def train(model, tokenizer, forget_rows, retain_rows, objective: str, train_cfg: TrainConfig, out_dir,
-          mask=None, hparams: dict | None = None, idk: list[str] | None = None, resume: bool = True) -> TrainResult:
+          mask=None, hparams: dict | None = None, idk: list[str] | None = None, resume: bool = True,
+          post_step=None) -> TrainResult:
     """Train `model` in place with `objective` on `forget_rows` (paired with `retain_rows`), updating only
     the value vectors in `mask` [L, d_ff] (None = all parameters). Leaves the final weights in `model`
-    (merged, eval mode) and returns the checkpoints and the per-step log. See the module docstring."""
+    (merged, eval mode) and returns the checkpoints and the per-step log. `post_step(masked_delta)`, if
+    given, runs after every optimizer step (masked runs: it may change the deltas, nothing else). See the
+    module docstring."""
     out_dir = Path(out_dir)
     acc = _accelerator(train_cfg.mixed_precision)
     plan = _plan(model, tokenizer, forget_rows, retain_rows, objective, train_cfg, mask, hparams, idk,
@@ -377,5 +382,5 @@ def train(model, tokenizer, forget_rows, retain_rows, objective: str, train_cfg:
     if resume:
         _resume(run, plan, out_dir)
     _reference_logps(run, plan, out_dir)
-    _steps(run, plan, out_dir)
+    _steps(run, plan, out_dir, post_step)
     return _finish(run, plan, out_dir)
