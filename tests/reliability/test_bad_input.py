@@ -67,7 +67,7 @@ def test_malformed_data_is_named(capsys, tmp_path, tiny_model_dir, data_copy, da
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["finetune", "preset=huge"], "known presets: paper-llama3.1-8b, paper-olmo2-7b, smol, tiny"),
+    (["finetune", "preset=huge"], "known presets: paper-llama3.1-8b, paper-olmo2-7b, smol, smol-quick, tiny"),
     (["unlearn", "method=forget_all"], "known: dpo, ga, graddiff"),
     (["localize", "method=magic"], "known: activation, gradient, memflex, norm, random"),
     (["study", "controlled", "study.methods=npo,nope"], "study.methods: unknown unlearning method 'nope'"),
