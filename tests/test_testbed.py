@@ -57,8 +57,9 @@ def test_scopes_are_validated():
 def mini(tmp_path_factory, mini_cfg):
     from loc_unlearn import stages
 
-    # More injection epochs than MINI's 2, so theta_o knows some of the forget set (mini: FS 0.998 vs 1.0).
-    cfg = mini_cfg(tmp_path_factory.mktemp("testbed"), "inject.train.epochs=30", "study.scopes=[global,per_layer]",
+    # More injection epochs than MINI's 2, so theta_o knows some of the forget set (mini: FS 0.998 vs 1.0);
+    # no norm cap (the tiny preset's 1.5x cap leaves this 2-layer, 32-wide model with nothing injected).
+    cfg = mini_cfg(tmp_path_factory.mktemp("testbed"), "inject.train.epochs=30", "inject.max_norm_ratio=0", "study.scopes=[global,per_layer]",
                    "study.localizers=[random]")
     theta_r = stages.retain_model(cfg)
     preps = [stages.prepare_seed(cfg, theta_r, s) for s in range(cfg.study.seeds)]
