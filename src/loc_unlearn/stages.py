@@ -213,9 +213,18 @@ def exact_match_rate(model, tok, rows, cfg: Config) -> dict:
 
 def finetune(cfg: Config, base: ModelRef | None = None) -> ModelRef:
     """theta_r (split=retain90) or the full-data model (split=full): all parameters, SPEC §7 step 1."""
-    base = base or base_model(cfg)
     data = data_source(cfg)
     split = cfg.finetune.split
+    # Read both splits before any training (the base model included): a missing replay file named late, or
+    # without its config key, cost a whole base pretraining.
+    data.rows(split)
+    if cfg.finetune.replay_split:
+        try:
+            data.rows(cfg.finetune.replay_split)
+        except DataError as e:
+            raise DataError(f"finetune.replay_split={cfg.finetune.replay_split!r} (rows mixed into fine-tuning to "
+                            f"keep general knowledge; set finetune.replay_split= to turn it off): {e}") from None
+    base = base or base_model(cfg)
 
     def build(p: Path) -> dict:
         model, tok = base.load(cfg)

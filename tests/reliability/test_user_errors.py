@@ -108,3 +108,18 @@ def test_localize_out_folder_gets_mask_inside(tmp_path):
     assert localize_out(str(tmp_path)) == tmp_path / "mask.safetensors"
     assert localize_out(str(tmp_path / "new") + "/") == tmp_path / "new" / "mask.safetensors"
     assert localize_out(str(tmp_path / "m.safetensors")) == tmp_path / "m.safetensors"
+
+
+def test_missing_replay_split_names_its_key_before_any_training(capsys, tmp_path, tiny_model_dir, world_dir,
+                                                                monkeypatch):
+    import shutil
+
+    from loc_unlearn.train import loop
+
+    data = tmp_path / "data"
+    shutil.copytree(world_dir, data)
+    (data / "pretrain.json").unlink()
+    monkeypatch.setattr(loop, "train", lambda *a, **k: pytest.fail("trained before the data was checked"))
+    rc, err = run_cli(capsys, "finetune", f"runs_dir={tmp_path / 'runs'}", f"data={data}",
+                      "finetune.replay_split=pretrain", f"model.path={tiny_model_dir}")
+    assert rc == 2 and "finetune.replay_split" in err and "pretrain" in err, err
