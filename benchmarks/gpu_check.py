@@ -348,21 +348,25 @@ def section_step(args, sec: Section, deadline: float) -> None:
 
 def parse_markdown_demo_table(text: str) -> dict[str, list[str]]:
     """{METHOD: [AUES Oracle, AUES Random, p, MU95 Oracle, MU95 Random, p]} from the first Markdown table
-    whose header starts with `| method | AUES Oracle |` (the README's demo table)."""
-    rows, on = {}, False
+    whose header starts with `| method | AUES Oracle |` (the README's demo table). Columns are found by their
+    header (each p is the first `p ...` column after its Random column), so extra columns (MDD) are skipped."""
+    rows, pick = {}, None
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.strip().startswith("|") else None
         if cells and cells[:2] == ["method", "AUES Oracle"]:
-            on = True
+            def after(name):
+                i = cells.index(name)
+                return [i, i + 1, next(j for j in range(i + 2, len(cells)) if cells[j].startswith("p"))]
+            pick = after("AUES Oracle") + after("MU95 Oracle")
             continue
-        if on:
+        if pick:
             if not cells:
                 if rows:
                     break
                 continue
             if set("".join(cells)) <= set("-: "):
                 continue
-            rows[cells[0].upper()] = cells[1:7]
+            rows[cells[0].upper()] = [cells[i] for i in pick]
     return rows
 
 

@@ -59,17 +59,18 @@ def test_dry_run_exits_0_and_prints_every_section(dry_run):
 def test_readme_and_results_tables(gc, tmp_path):
     cpu = gc.parse_markdown_demo_table((ROOT / "README.md").read_text())
     assert set(cpu) == {"WGA", "NPO", "DPO", "RMU"} and all(len(v) == 6 for v in cpu.values())
-    res = {"tests": [{"method": "npo", "metric": "aues", "oracle_mean": 0.6321, "oracle_std": 0.0634,
-                      "random_mean": 0.597, "random_std": 0.071, "p_t": 0.634},
-                     {"method": "npo", "metric": "mu95", "oracle_mean": -0.761, "oracle_std": 0.231,
-                      "random_mean": -0.76, "random_std": 0.52, "p_t": 1.0}]}
+    # the README's NPO row (demo at 989b894), as results.json holds it
+    res = {"tests": [{"method": "npo", "metric": "aues", "oracle_mean": 0.8691, "oracle_std": 0.0204,
+                      "random_mean": 0.879, "random_std": 0.025, "p_t": 0.078},
+                     {"method": "npo", "metric": "mu95", "oracle_mean": -0.031, "oracle_std": 0.021,
+                      "random_mean": -0.05, "random_std": 0.06, "p_t": 0.607}]}
     gpu = gc.demo_rows_from_results(res)
-    assert gpu == {"NPO": ["0.632 ± 0.063", "0.597 ± 0.071", "0.63", "-0.76 ± 0.23", "-0.76 ± 0.52", "1.00"]}
+    assert gpu == {"NPO": ["0.869 ± 0.020", "0.879 ± 0.025", "0.08", "-0.03 ± 0.02", "-0.05 ± 0.06", "0.61"]}
     assert gpu["NPO"] == cpu["NPO"]  # same format as the README's
     (tmp_path / "r.json").write_text(json.dumps(res))
     assert gc.load_cpu_table(str(tmp_path / "r.json"))[0] == gpu
     lines = gc.side_by_side(cpu, gpu, "GPU bf16")
-    assert "| NPO | GPU bf16 | 0.632 ± 0.063 |" in "\n".join(lines)
+    assert "| NPO | GPU bf16 | 0.869 ± 0.020 |" in "\n".join(lines)
     assert "| WGA | GPU bf16 | n/a |" in "\n".join(lines)
 
 
@@ -115,7 +116,7 @@ def test_demo_section_gpu_path_with_a_fake_demo(gc, tmp_path, monkeypatch):
     gc.section_demo(_args(gc, tmp_path), sec, deadline=1e18)
     text = sec.text()
     assert sec.status == "ok", text
-    assert "| WGA | CPU | 0.643 ± 0.012 |" in text and "| WGA | GPU bf16 | 0.500 ± 0.100 | 0.400 ± 0.100 | 0.30 |" in text
+    assert "| WGA | CPU | 0.925 ± 0.026 |" in text and "| WGA | GPU bf16 | 0.500 ± 0.100 | 0.400 ± 0.100 | 0.30 |" in text
     assert "seed 0 ES 1.00/0.90" in text and any("GPU bf16" in s for s in sec.summary)
 
 
