@@ -313,3 +313,22 @@ def write_llama_gguf(model, tok, path: Path) -> Path:
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def es_by_prefix_search(item, reproduces) -> float:
+    """SPEC §2 by generation, independent of the one-pass ES: k* = smallest k such that greedy decoding from
+    [x, y_1..y_k] reproduces y_{k+1..T}, found by binary search over k (reproducing from k implies reproducing
+    from k+1), then double-checked (k* reproduces, k*-1 does not). `reproduces(prefix_ids, target_ids)` is the
+    caller's greedy decoder (plain recompute for tiny models, KV cache for SmolLM2)."""
+    p, T = item["n_prompt"], item["n_answer"]
+    ids, y = item["input_ids"], item["input_ids"][p: p + T]
+
+    def ok(k):
+        return k == T or reproduces(ids[: p + k], y[k:])
+
+    lo, hi = 0, T
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
+    assert ok(lo) and (lo == 0 or not ok(lo - 1))
+    return 1.0 - lo / T

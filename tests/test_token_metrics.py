@@ -10,7 +10,7 @@ from loc_unlearn.data.formatting import encode_qa
 from loc_unlearn.evaluate.generation import generate, prompt_ids, rouge_l_recall
 from loc_unlearn.evaluate.token_metrics import answer_stats, es_from_logits, token_metrics
 
-from helpers import direct_metrics
+from helpers import direct_metrics, es_by_prefix_search
 
 
 def greedy(model, ids, n):
@@ -24,22 +24,9 @@ def greedy(model, ids, n):
 
 
 def es_by_generation(model, tok, row):
-    """SPEC §2 by generation: smallest k whose greedy continuation from [x, y_1..y_k] reproduces
-    y_{k+1..T}. Binary search over k (reproducing from k implies reproducing from k+1), then the
-    answer is double-checked: k* reproduces and k*-1 does not."""
+    """ES by greedy generation with a prefix search (helpers.es_by_prefix_search), plain recompute decoding."""
     it = encode_qa(tok, row["question"], row["answer"])
-    p, T = it["n_prompt"], it["n_answer"]
-    y = it["input_ids"][p: p + T]
-
-    def ok(k):
-        return k == T or greedy(model, it["input_ids"][: p + k], T - k) == y[k:]
-
-    lo, hi = 0, T
-    while lo < hi:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
-    assert ok(lo) and (lo == 0 or not ok(lo - 1))
-    return 1.0 - lo / T
+    return es_by_prefix_search(it, lambda ids, target: greedy(model, ids, len(target)) == target)
 
 
 def test_es_one_pass_equals_generation_search(memorized):
