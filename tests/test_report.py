@@ -421,7 +421,7 @@ def _robustness(study: str, groups, seeds, rng) -> dict:
 
 
 def test_controlled_robustness_section(tmp_path, capsys):
-    from loc_unlearn.report.tables import cli_summary
+    from loc_unlearn.report import cli_summary
 
     seeds = (0, 1, 2)
     res = _controlled(False, seeds=seeds)

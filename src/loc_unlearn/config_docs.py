@@ -1,5 +1,5 @@
 """Field documentation of the config dataclasses, for `loc-unlearn <command> --help`: each field's
-docstring (the string literal after it in config.py, trl style), parsed from the source with `ast`."""
+docstring (the string literal after it in config/, trl style), parsed from the source with `ast`."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,14 +11,15 @@ from .config import Config, _hints
 
 
 def field_docs() -> dict[str, dict[str, str]]:
-    """{class name: {field: docstring}} of the dataclasses in config.py: the string literal right after
+    """{class name: {field: docstring}} of the dataclasses in the config package: the string literal right after
     each annotated field (trl style), read from the source once. Feeds `loc-unlearn <command> --help`."""
     global _FIELD_DOCS
     if _FIELD_DOCS is None:
         import ast
 
         _FIELD_DOCS = {}
-        for node in ast.parse(Path(config.__file__).read_text()).body:
+        nodes = [n for f in sorted(Path(config.__file__).parent.glob("*.py")) for n in ast.parse(f.read_text()).body]
+        for node in nodes:
             if isinstance(node, ast.ClassDef):
                 docs = _FIELD_DOCS.setdefault(node.name, {})
                 for a, b in zip(node.body, node.body[1:]):

@@ -17,15 +17,14 @@ main process alone.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from .config import REGIONS, Config, TrainConfig, method_config
-from .data.synthetic import GENERATOR_VERSION, write_world
-from .data.tofu import load_idk, load_split, retain_split_for
+from .data.source import DataSource, data_source, synthetic_world, world_args  # noqa: F401  (re-exported)
+from .data.tofu import load_split
 from .errors import DataError, UserError
 from .evaluate.tofu import evaluate_model
 from .evaluate.token_metrics import token_metrics
@@ -39,112 +38,7 @@ from .runs import Run, cached, path_fingerprint, wait_for
 from .train.norm_cap import norm_cap
 from .train.objectives import hparams_from
 from .train import loop  # as a module: tests replace loop.train to prove a complete study trains nothing
-from .utils import fault_point, is_main_process, log, sha256_file, sha256_json, write_json_atomic
-
-# ----------------------------------------------------------------------------- data
-
-
-def world_args(cfg: Config) -> dict:
-    """The `data` fields that define the synthetic world (`write_world`'s arguments)."""
-    skip = {"source", "forget_split", "retain_split", "max_eval_rows"}
-    return {k: v for k, v in asdict(cfg.data).items() if k not in skip}
-
-
-def synthetic_world(cfg: Config) -> Run:
-    return _synthetic_world(cfg.runs_dir, tuple(sorted(world_args(cfg).items())))
-
-
-@functools.lru_cache(maxsize=8)
-def _synthetic_world(runs_dir: str, items: tuple) -> Run:
-    # Memoized per process: every stage asks for the data; generate/verify it once.
-    d = dict(items)
-
-    def build(p: Path) -> dict:
-        write_world(p, **d)
-        return {"files": sorted(f.name for f in p.iterdir() if f.is_file())}
-
-    return cached(runs_dir, "data", {"data": d, "generator_version": GENERATOR_VERSION}, build)
-
-
-EVAL_SETS = {"forget": None, "retain": "retain_perturbed", "real_authors": "real_authors_perturbed",
-             "world_facts": "world_facts_perturbed"}
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSource:
-    """The data of a config, resolved once (`data_source`): where the TOFU-format splits are and a
-    fingerprint of their content for run keys."""
-    path: str
-    """Folder or hub id, for `tofu.load_split`."""
-    fingerprint: str
-    """synthetic: the data run's fingerprint; folder: sha256 of its JSON/JSONL files; hub: 'hub:<id>'."""
-    source: str
-    """`data.source` as configured (for messages)."""
-    forget_split: str
-    configured_retain_split: str = ""
-    """`data.retain_split`; empty = the complement of the forget split (`retain_split`)."""
-    max_eval_rows: int = 0
-
-    @property
-    def retain_split(self) -> str:
-        # Derived on use: commands that never read the retain split also work with custom forget splits.
-        return self.configured_retain_split or retain_split_for(self.forget_split)
-
-    def rows(self, split: str) -> list[dict]:
-        return load_split(self.path, split)
-
-    def forget_rows(self) -> list[dict]:
-        return self.rows(self.forget_split)
-
-    def retain_rows(self) -> list[dict]:
-        return self.rows(self.retain_split)
-
-    def idk(self) -> list[str]:
-        return load_idk(self.path)
-
-    def eval_sets(self) -> dict[str, list[dict]]:
-        """The eval sets of SPEC §3. Real-authors / world-facts sets are optional (MU says which it used)."""
-        sets = {}
-        for name, split in EVAL_SETS.items():
-            split = split or f"{self.forget_split}_perturbed"
-            try:
-                rows = self.rows(split)
-            except DataError:
-                if name in ("forget", "retain"):
-                    raise
-                log(f"eval set {split} not found in {self.source}; Model Utility will use the sets it has")
-                continue
-            if self.max_eval_rows:
-                rows = rows[: self.max_eval_rows]
-            sets[name] = rows
-        return sets
-
-
-def data_source(cfg: Config) -> DataSource:
-    """Resolve `cfg.data`: the synthetic world (generated once into runs_dir), a local folder of
-    TOFU-named files, or a hub id."""
-    d = cfg.data
-    if d.source == "synthetic":
-        run = synthetic_world(cfg)
-        path, fp = str(run.path), run.fingerprint
-    elif Path(d.source).is_dir():
-        path, fp = str(Path(d.source)), _folder_fingerprint(Path(d.source))
-    else:
-        path, fp = d.source, f"hub:{d.source}"
-    return DataSource(path=path, fingerprint=fp, source=d.source, forget_split=d.forget_split,
-                      configured_retain_split=d.retain_split, max_eval_rows=d.max_eval_rows)
-
-
-def _folder_fingerprint(folder: Path) -> str:
-    files = sorted(f for f in folder.iterdir() if f.suffix in (".json", ".jsonl"))
-    # Hash the files once per process, again only when one changed (size or mtime).
-    return _hash_files(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
-
-
-@functools.lru_cache(maxsize=16)
-def _hash_files(stats: tuple) -> str:
-    return sha256_json({Path(f).name: sha256_file(f) for f, _, _ in stats})
-
+from .utils import fault_point, is_main_process, sha256_file, write_json_atomic
 
 # ----------------------------------------------------------------------------- models
 

@@ -208,16 +208,7 @@ def relearn_attack(model, tokenizer, train_rows, eval_sets: dict, probe_idx, *, 
     """
     from ..train.loop import train
 
-    if data not in RELEARN_DATA:
-        raise UserError(f"relearn attack data={data!r}: expected one of {list(RELEARN_DATA)}")
-    ks = _schedule(schedule)
-    if not train_rows and ks[-1] > 0:
-        raise DataError("relearn attack: no training rows")
-    if "forget" not in eval_sets or not eval_sets["forget"]:
-        raise DataError("relearn attack: eval_sets needs the whole forget set under 'forget'")
-    probe_idx = [int(i) for i in probe_idx]
-    if not probe_idx or min(probe_idx) < 0 or max(probe_idx) >= len(eval_sets["forget"]):
-        raise DataError(f"relearn attack: probe indices must index the {len(eval_sets['forget'])} forget rows")
+    ks, probe_idx = _check_inputs(data, schedule, train_rows, eval_sets, probe_idx)
     cfg = train_cfg or TrainConfig()
     if cfg.batch_size < 1:
         raise UserError(f"relearn attack batch_size={cfg.batch_size}: expected >= 1")
@@ -259,19 +250,42 @@ def relearn_attack(model, tokenizer, train_rows, eval_sets: dict, probe_idx, *, 
     if not keep_checkpoints:
         shutil.rmtree(train_dir, ignore_errors=True)
 
+    result = _result(points, es_o, data=data, schedule=ks, n_train_rows=len(train_rows), n_probe=len(probe_idx),
+                     steps_per_epoch=spe, train=dataclasses.asdict(cfg))
+    write_json_atomic(out_dir / "relearn.json", result)
+    return result
+
+
+def _check_inputs(data: str, schedule, train_rows, eval_sets: dict, probe_idx) -> tuple[list[int], list[int]]:
+    """The attack's arguments checked before any training: (sorted schedule, probe indices as ints)."""
+    if data not in RELEARN_DATA:
+        raise UserError(f"relearn attack data={data!r}: expected one of {list(RELEARN_DATA)}")
+    ks = _schedule(schedule)
+    if not train_rows and ks[-1] > 0:
+        raise DataError("relearn attack: no training rows")
+    if "forget" not in eval_sets or not eval_sets["forget"]:
+        raise DataError("relearn attack: eval_sets needs the whole forget set under 'forget'")
+    probe_idx = [int(i) for i in probe_idx]
+    if not probe_idx or min(probe_idx) < 0 or max(probe_idx) >= len(eval_sets["forget"]):
+        raise DataError(f"relearn attack: probe indices must index the {len(eval_sets['forget'])} forget rows")
+    return ks, probe_idx
+
+
+def _result(points: list[dict], es_o, **info) -> dict:
+    """The attack's JSON result: R(k) of every point from ES_u (k = 0) and ES_o, or a note saying why
+    R(k) is undefined (SPEC §10)."""
     es_u = points[0]["probe_es"]
     defined = recovery_defined(es_u, es_o)
     for p in points:
         p["recovery"] = _json_float(recovery_ratio(p["probe_es"], es_u, es_o))
-    result = {"data": data, "schedule": ks, "es_o": _json_float(None if es_o is None else float(es_o)),
-              "es_u": es_u, "gap": None if es_o is None else _json_float(float(es_o) - es_u), "recovery_defined": defined,
-              "n_train_rows": len(train_rows), "n_probe": len(probe_idx), "steps_per_epoch": spe,
-              "train": dataclasses.asdict(cfg), "points": points}
+    result = {"data": info.pop("data"), "schedule": info.pop("schedule"),
+              "es_o": _json_float(None if es_o is None else float(es_o)), "es_u": es_u,
+              "gap": None if es_o is None else _json_float(float(es_o) - es_u), "recovery_defined": defined,
+              **info, "points": points}
     if not defined:
         why = ("ES_o not given" if es_o is None else f"ES_o = {es_o} is not finite" if not math.isfinite(float(es_o))
                else f"ES_o = ES_u = {es_u:.6g} on the probe half (unlearning changed nothing there)")
         result["recovery_note"] = f"R(k) undefined: {why}"
-    write_json_atomic(out_dir / "relearn.json", result)
     return result
 
 

@@ -117,6 +117,31 @@ def wilcoxon_min_p(n_nonzero: int) -> float:
     return float(min(1.0, 2.0 / 2 ** int(n_nonzero)))
 
 
+def _wilcoxon(a: np.ndarray, b: np.ndarray, alpha: float, notes: list) -> dict:
+    """The exact Wilcoxon signed-rank test of a vs b with its attainable floor; caveats go to `notes`."""
+    d = a - b
+    n_nonzero = int(np.count_nonzero(d))
+    min_p = wilcoxon_min_p(n_nonzero)
+    if n_nonzero == 0:
+        notes.append("Wilcoxon: all differences are zero (p=1)")
+        return {"wilcoxon_stat": float("nan"), "wilcoxon_p": 1.0, "wilcoxon_min_p": min_p}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns about small n; we say it in notes
+        r = stats.wilcoxon(a, b)
+    if min_p >= alpha:
+        notes.append(f"Wilcoxon with n={n_nonzero} nonzero pairs cannot reach p < {alpha:g} "
+                     f"(exact minimum p = {min_p:.3g})")
+    return {"wilcoxon_stat": float(r.statistic), "wilcoxon_p": float(r.pvalue), "wilcoxon_min_p": min_p}
+
+
+def _count_censored(flags, n: int) -> int:
+    if flags is None:
+        return 0
+    if len(flags) != n:
+        raise UserError(f"paired_tests: censoring flags need one entry per pair ({n}), got {len(flags)}")
+    return int(sum(bool(f) for f in flags))
+
+
 def paired_tests(a, b, n_boot: int = 10000, seed: int = 0, censored_a: Sequence[bool] | None = None,
                  censored_b: Sequence[bool] | None = None, alpha: float = ALPHA, power: float = POWER) -> dict:
     """Paired comparison of a[i] with b[i]; diff = a - b. Returns a dict:
@@ -160,20 +185,7 @@ def paired_tests(a, b, n_boot: int = 10000, seed: int = 0, censored_a: Sequence[
         lo_t = hi_t = float(d.mean())
     out.update(sd_diff=sd, t=t, p_t=p_t, t_ci_low=lo_t, t_ci_high=hi_t)
 
-    n_nonzero = int(np.count_nonzero(d))
-    min_p = wilcoxon_min_p(n_nonzero)
-    if n_nonzero == 0:
-        w, p_w = float("nan"), 1.0
-        notes.append("Wilcoxon: all differences are zero (p=1)")
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # scipy warns about small n; we say it in notes
-            r = stats.wilcoxon(a, b)
-        w, p_w = float(r.statistic), float(r.pvalue)
-        if min_p >= alpha:
-            notes.append(f"Wilcoxon with n={n_nonzero} nonzero pairs cannot reach p < {alpha:g} "
-                         f"(exact minimum p = {min_p:.3g})")
-    out.update(wilcoxon_stat=w, wilcoxon_p=p_w, wilcoxon_min_p=min_p)
+    out.update(_wilcoxon(a, b, alpha, notes))
 
     lo, hi = bootstrap_ci(d, n_boot=n_boot, seed=seed)
     if n < 3:
@@ -188,14 +200,7 @@ def paired_tests(a, b, n_boot: int = 10000, seed: int = 0, censored_a: Sequence[
         notes.append("minimum detectable difference needs at least 2 pairs")
     out.update(mdd=mdd, alpha=alpha, power=power)
 
-    cens = []
-    for flags in (censored_a, censored_b):
-        if flags is None:
-            cens.append(0)
-            continue
-        if len(flags) != n:
-            raise UserError(f"paired_tests: censoring flags need one entry per pair ({n}), got {len(flags)}")
-        cens.append(int(sum(bool(f) for f in flags)))
+    cens = [_count_censored(flags, n) for flags in (censored_a, censored_b)]
     out["n_censored"] = cens
     if any(cens):
         notes.append(f"censored values (a: {cens[0]}/{n}, b: {cens[1]}/{n}) enter the tests as if observed")

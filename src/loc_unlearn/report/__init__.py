@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..utils import atomic_write, log, write_text_atomic
-from . import plots, robustness, tables
+from . import plots, robustness, setup, tables
+from .common import REGIONS, by_seed, fmt, fmt_mdd, fmt_ms, fmt_p, isnum, methods_of, paired
 from .render import Plot, to_html, to_markdown
 
 STUDIES = ("controlled", "localization")
@@ -35,7 +36,7 @@ def setup_info(cfg, model_dir) -> dict:
 
     m = cfg.model
     info: dict = {"model": (m.path + (f" ({m.gguf_file})" if m.gguf_file else "")) if m.path
-                  else tables.PRESET_MODELS.get(m.preset, f"{m.preset} preset base model")}
+                  else setup.PRESET_MODELS.get(m.preset, f"{m.preset} preset base model")}
     notes = []
     try:
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -112,7 +113,7 @@ def load_results(study_dir: str | Path) -> dict:
         _need(r, group, str, w, path)
         if study == "controlled":
             _need(r, "seed", int, w, path)
-            if r["region"] not in tables.REGIONS:
+            if r["region"] not in REGIONS:
                 raise UserError(f"{path}: {w}.region is {r['region']!r}; expected 'oracle' or 'random'")
         _need(r, "aues", _NUM, w, path)
         _need(r, "mu95", _NUM, w, path)
@@ -167,7 +168,7 @@ def _plot(fig, name: str, caption: str, made: list) -> list:
 
 
 def _setup_section(res: dict) -> list[tuple[str, list]]:
-    t = tables.setup_table(res)
+    t = setup.setup_table(res)
     return [("Setup", [t])] if t else []
 
 
@@ -200,7 +201,7 @@ def controlled_sections(res: dict, made: list) -> list[tuple[str, list]]:
                    "Per-layer relative residual of fitting a random region to the injected output change.", made),
             *tables.output_fit_tables(res)]))
     s += robustness.sections(res, lambda fig, name, cap: _plot(fig, name, cap, made))
-    s.append(("Glossary", tables.glossary(res)))
+    s.append(("Glossary", setup.glossary(res)))
     s.append(("Per-run values", [tables.runs_table(res)]))
     return _setup_section(res) + s
 
@@ -213,7 +214,7 @@ def localization_sections(res: dict, made: list) -> list[tuple[str, list]]:
         s.append(("Mask distribution", _plot(plots.mask_layers(res), "mask_layers.png",
                                              "Value vectors per layer in each localizer's mask.", made)))
     s += robustness.sections(res, lambda fig, name, cap: _plot(fig, name, cap, made))
-    s.append(("Glossary", tables.glossary(res)))
+    s.append(("Glossary", setup.glossary(res)))
     s.append(("Per-run values", [tables.runs_table(res)]))
     return _setup_section(res) + s
 
@@ -231,9 +232,9 @@ def build_report(study_dir: str | Path) -> dict:
     sections = [(name, blocks) for name, blocks in sections if blocks]
     meta = " · ".join(x for x in (
         f"preset `{res['preset']}`" if res.get("preset") else "",
-        f"mask ratio {tables.fmt(res['ratio'], 2)}" if tables.isnum(res.get("ratio")) else "",
+        f"mask ratio {fmt(res['ratio'], 2)}" if isnum(res.get("ratio")) else "",
         f"created {res['created']}" if res.get("created") else "",
-        f"elapsed {res['elapsed_s']:.0f} s" if tables.isnum(res.get("elapsed_s")) else "",
+        f"elapsed {res['elapsed_s']:.0f} s" if isnum(res.get("elapsed_s")) else "",
         f"results: `{d / 'results.json'}`") if x)
     plot_dir = d / "plots"
     for old in plot_dir.glob("*.png") if plot_dir.is_dir() else []:
@@ -263,3 +264,28 @@ def cmd_report(cfg, run_dir: str | None = None) -> dict:
     log(f"report of {d}: {len(out['plots'])} plots")
     print(f"report: {out['html']}\n        {out['md']}")
     return out
+
+
+def cli_summary(res: dict) -> list[str]:
+    """Plain-text Oracle-vs-Random table for the terminal (the report's numbers, no Markdown). One seed:
+    means without ±, tests as "n/a (1 seed)"."""
+    runs = res["runs"]
+    n_seeds = len({r["seed"] for r in runs})
+    lines = [f"Oracle vs Random ({n_seeds} seed{'s' if n_seeds != 1 else ''}, preset {res.get('preset') or 'n/a'}):",
+             f"{'method':8s} {'metric':6s} {'oracle':>16s} {'random':>16s} {'p(t)':>13s} {'p(W)':>13s}  MDD (n, sd)"]
+    censored = []
+    for m in methods_of(runs):
+        for metric in ("aues", "mu95"):
+            nd = 2 if metric == "mu95" else 3
+            t = paired(res, m, metric)
+            cells = [fmt_ms(list(by_seed(runs, m, reg, metric).values()), nd) for reg in REGIONS]
+            n = t.get("n")
+            lines.append(f"{m:8s} {metric:6s} {cells[0]:>16s} {cells[1]:>16s} {fmt_p(t.get('p_t'), n):>13s} "
+                         f"{fmt_p(t.get('p_wilcoxon'), n):>13s}  {fmt_mdd(t, nd)}")
+            nc = t.get("n_censored")
+            if isinstance(nc, dict) and any(nc.values()):
+                censored.append(f"{m} " + ", ".join(f"{g} {c}/{n}" for g, c in nc.items()))
+    if censored:
+        lines.append("MU95 censored (MU never fell below 0.95 MU0; tests treat the last value as observed): "
+                     + "; ".join(censored))
+    return lines + robustness.cli_lines(res)

@@ -16,7 +16,8 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import hsv_to_rgb, to_hex  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .tables import REGIONS, by_seed, check_label, isnum, localizers_of, mean_std, methods_of, paired  # noqa: E402
+from .common import REGIONS, by_seed, isnum, mean_std, methods_of, paired  # noqa: E402
+from .tables import check_label, localizers_of  # noqa: E402
 
 COLORS = {"oracle": "#d62728", "random": "#1f77b4"}
 PALETTE = plt.get_cmap("tab10").colors

@@ -10,7 +10,7 @@ import html
 import re
 from dataclasses import dataclass
 
-from .tables import Table
+from .common import Table
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .tables import (ALPHA, BOOT_HEADER, CI_HEADER, MDD_HEADER, POWER_LABEL, REGIONS, Table, fmt, fmt_interval,
+from .common import (ALPHA, BOOT_HEADER, CI_HEADER, MDD_HEADER, POWER_LABEL, REGIONS, Table, fmt, fmt_interval,
                      fmt_mdd, fmt_ms, fmt_p, fmt_wilcoxon, isnum, mean_std, methods_of)
 
 UNDERPOWERED_MDD = 0.1

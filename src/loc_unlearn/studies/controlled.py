@@ -21,8 +21,8 @@ from ..config import REGIONS, Config, method_config
 from ..evaluate.stats import compare_groups
 from ..masks.diagnostics import concentrated
 from ..masks.mask import Mask
-from ..report import setup_info
-from ..report.tables import cli_summary, positive_control_line
+from ..report import cli_summary, setup_info
+from ..report.tables import positive_control_line
 from ..utils import log
 from . import common, robustness
 from .common import Study, Wave

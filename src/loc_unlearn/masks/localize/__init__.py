@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from ...config import LocalizeConfig, check_fraction
+from ...checks import check_fraction
 from ...errors import ConfigError, MaskError
-from ...registry import Registry
 from ..mask import Mask
+from .registry import LOCALIZERS
 
-LOCALIZERS = Registry("localization method")
 
 
 def _check_ratio(ratio) -> float:
@@ -58,15 +57,14 @@ def select_topk(scores: torch.Tensor, ratio: float, scope: str = "global", k=Non
     raise ConfigError(f"config key 'localize.scope': expected 'global' or 'per_layer', got {scope!r}")
 
 
-def score(method: str, model, tokenizer, forget_rows, retain_rows, cfg: LocalizeConfig | None = None) -> torch.Tensor:
+def score(method: str, model, tokenizer, forget_rows, retain_rows, cfg) -> torch.Tensor:
     """Scores [L, d_ff] (float32 or float64, cpu) of `method` (for inspection; `localize` uses the same)."""
-    cfg = cfg or LocalizeConfig()
     fn = LOCALIZERS.get(method)
     s = fn(cfg, model, tokenizer, forget_rows, retain_rows).detach().cpu()
     return s if s.dtype == torch.float64 else s.float()  # float64 kept: casting random scores would create ties
 
 
-def localize(cfg: LocalizeConfig, model, tokenizer, forget_rows, retain_rows) -> Mask:
+def localize(cfg, model, tokenizer, forget_rows, retain_rows) -> Mask:
     """Run `cfg.method` and return its Mask with metadata (SPEC §6)."""
     from ...models.value_vectors import fingerprint, shape
 

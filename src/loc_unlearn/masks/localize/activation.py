@@ -8,7 +8,7 @@ import torch
 from ...data.formatting import pad_id
 from ...models.value_vectors import capture_down_inputs, shape, value_matrix
 from ...utils import eval_mode, progress
-from . import LOCALIZERS
+from .registry import LOCALIZERS
 from .gradient import batches, device_of, encode_rows
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ...data.formatting import collate, encode_rows, length_batches, pad_id  # noqa: F401  (pad_id: memflex, wagle)
 from ...models.value_vectors import down_proj_weight_param, shape
 from ...utils import eval_mode, progress
-from . import LOCALIZERS
+from .registry import LOCALIZERS
 
 
 def batches(items: list[dict], batch_size: int, pad: int, device):

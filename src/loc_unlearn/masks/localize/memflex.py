@@ -11,7 +11,7 @@ candidates get 1 + m / max(m) in [1, 2], non-candidates get -c in [-1, -threshol
 import torch
 import torch.nn.functional as F
 
-from . import LOCALIZERS
+from .registry import LOCALIZERS
 from .gradient import down_grads, encode_rows, pad_id
 
 

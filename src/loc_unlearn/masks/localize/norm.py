@@ -17,7 +17,7 @@ import torch
 
 from ...errors import UserError
 from ...models.value_vectors import fingerprint, shape, value_matrix
-from . import LOCALIZERS
+from .registry import LOCALIZERS
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 

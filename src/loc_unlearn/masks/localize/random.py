@@ -10,7 +10,7 @@ import torch
 
 from ...models.value_vectors import shape
 from ..mask import Mask
-from . import LOCALIZERS
+from .registry import LOCALIZERS
 
 
 def _uniform(cfg, model) -> torch.Tensor:

@@ -3,7 +3,7 @@ W_down, summed over each column (value vector). g = gradient of the mean answer-
 import torch
 
 from ...models.value_vectors import shape, value_matrix
-from . import LOCALIZERS
+from .registry import LOCALIZERS
 from .gradient import down_grads, encode_rows, pad_id
 
 

@@ -1,0 +1,287 @@
+"""The stage sections of `Config` (data, model, finetune, inject, unlearn, localize, eval), each with
+its fields' docstrings and a `validate(where)` next to them (SPEC sections cited per field)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from ..checks import check_at_least, check_file, check_fraction, check_positive
+from ..errors import ConfigError
+from .coerce import merge
+
+
+def check_name(key: str, name: str, kind: str) -> None:
+    """`name` is registered as a `kind` ("unlearning method" or "localization method")."""
+    known = _registry(kind)
+    if name not in known:
+        raise ConfigError(f"{key}: unknown {kind} {name!r}; known: {', '.join(sorted(known))}")
+
+
+def _registry(kind: str):
+    # Imported when a name is checked, not at module load: the registries pull in torch, which
+    # `loc-unlearn --help` and YAML handling do not need. (Neither registry imports config: no cycle.)
+    if kind == "unlearning method":
+        from ..train.objectives import OBJECTIVES
+
+        return OBJECTIVES
+    from ..masks.localize import LOCALIZERS
+
+    return LOCALIZERS
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"
+    """'synthetic' (the offline author world, generated into runs_dir), a local folder of TOFU-named
+    JSON/JSONL files, or a hub dataset id such as 'locuslab/TOFU' (needs network)."""
+    n_authors: int = 20
+    """Synthetic world: number of fictitious authors (TOFU has 200)."""
+    qa_per_author: int = 20
+    """Synthetic world: QA pairs per author (TOFU has 20)."""
+    seed: int = 0
+    """Synthetic world: generator seed (same seed, byte-identical files)."""
+    forget_split: str = "forget10"
+    """Forget split: forget01 / forget05 / forget10 (last 1/5/10% of authors)."""
+    retain_split: str = ""
+    """Retain split; empty = the complement of forget_split (retain99/95/90)."""
+    max_eval_rows: int = 0
+    """Truncate every eval set to this many rows (0 = use whole sets, SPEC §3)."""
+    n_real_authors: int = 100
+    """Synthetic world: rows of real_authors_perturbed (TOFU has 100); pretrain covers their facts."""
+    n_world_facts: int = 117
+    """Synthetic world: rows of world_facts_perturbed (TOFU has 117); pretrain covers these facts."""
+
+    def validate(self, where: str = "data") -> None:
+        check_at_least(f"{where}.n_authors", self.n_authors, 2)  # at least one forget and one retain author
+        for name in ("qa_per_author", "n_real_authors", "n_world_facts"):
+            check_at_least(f"{where}.{name}", getattr(self, name), 1)
+        check_at_least(f"{where}.max_eval_rows", self.max_eval_rows, 0)
+
+
+@dataclass
+class TinyModelConfig:
+    n_layers: int = 4
+    """Decoder layers of the tiny Llama."""
+    hidden: int = 128
+    """Hidden size d."""
+    d_ff: int = 512
+    """MLP width (number of value vectors per layer)."""
+    n_heads: int = 4
+    """Attention heads."""
+    vocab_size: int = 2048
+    """BPE vocabulary trained on the synthetic world."""
+    max_positions: int = 256
+    """Maximum sequence length."""
+    pretrain_epochs: float = 30.0
+    """Epochs of 'pretraining' on the world's general facts (so Model Utility has something to keep)."""
+    pretrain_lr: float = 3e-3
+    """Learning rate of that pretraining."""
+    seed: int = 0
+    """Initialization seed."""
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"
+    """Base model preset: tiny | smol | paper-llama3.1-8b | paper-olmo2-7b (see presets/)."""
+    path: str = ""
+    """Hub id or local folder of a model; empty = the preset's base model (theta_p)."""
+    gguf_file: str = ""
+    """GGUF file name inside `path` (loaded dequantized and cached as safetensors)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights dtype for loading."""
+    trust_remote_code: bool = False
+    """Allow model code from the hub. Off unless you set it."""
+    allow_pickle: bool = False
+    """Allow pickle weight files (pytorch_model.bin, *.pt, *.pth, *.ckpt, *.pkl) when a model has no
+    safetensors. Unpickling can run code, so they are refused unless you set this for files you trust."""
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    """Architecture of the tiny preset."""
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-5
+    """Peak learning rate (AdamW)."""
+    epochs: float = 5.0
+    """Training length in epochs over the (forget) data; fractions allowed."""
+    batch_size: int = 32
+    """Global batch size (examples per optimizer step, over all processes and accumulation)."""
+    micro_batch_size: int = 0
+    """Examples per forward pass per process; 0 = batch_size / num_processes. Accumulation is
+    derived, and results do not depend on this split (loss is normalized over the global batch)."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay; applied only to trainable (masked) parameters."""
+    warmup_epochs: float = 1.0
+    """Linear warmup length in epochs, then linear decay to 0."""
+    max_length: int = 256
+    """Truncate prompt+answer to this many tokens."""
+    checkpoint_every: float = 0.25
+    """Save a checkpoint every this many epochs (0 = only the final one). These form trajectories."""
+    seed: int = 0
+    """Data order / pairing seed."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """accelerate mixed precision (bf16 on GPUs)."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0 = no limit)."""
+    grad_clip: float = 1.0
+    """Max gradient norm (0 = off)."""
+
+    def validate(self, where: str = "train") -> None:
+        check_positive(f"{where}.lr", self.lr)
+        check_positive(f"{where}.epochs", self.epochs)
+        check_at_least(f"{where}.batch_size", self.batch_size, 1)
+        check_at_least(f"{where}.micro_batch_size", self.micro_batch_size, 0)
+
+
+@dataclass
+class FinetuneConfig:
+    split: str = "retain90"
+    """Split to fine-tune on: 'retain90' (theta_r), 'full', ...; synthetic pretraining uses 'pretrain'."""
+    replay_split: str = ""
+    """Split mixed into fine-tuning to keep general knowledge (tiny preset: 'pretrain'). A 1M-parameter
+    model forgets its pretraining facts entirely when fine-tuned on authors alone, which would leave
+    Model Utility nothing to measure; real LLMs do not need this (empty = off, SPEC §7 as written)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Recipe (SPEC §7 step 1: lr 1e-5, 5 epochs, batch 32, wd 0.01, warmup 1 epoch; presets scale it)."""
+
+    def validate(self, where: str = "finetune") -> None:
+        self.train.validate(f"{where}.train")
+
+
+@dataclass
+class InjectConfig:
+    ratio: float = 0.1
+    """Fraction of value vectors in V_tgt."""
+    mask: str = ""
+    """Path of a mask to inject into; empty = a random mask of `ratio` with `seed`."""
+    seed: int = 0
+    """Seed of the random target region V_tgt."""
+    lam: float = 1.0
+    """lambda of learn_reg: NLL(forget) + lambda NLL(retain) (SPEC §5)."""
+    full_lr: float = 0.0
+    """Learning rate of the all-parameter reference injection that sets the target (0 = train.lr): the
+    masked recipe's rate can be too large for all parameters."""
+    target_es_fraction: float = 0.9
+    """Injection must reach this fraction of the forget ES that full fine-tuning reaches (SPEC §7)."""
+    max_norm_ratio: float = 0.0
+    """After every step, scale each V_tgt value vector down to at most this many times its theta_r norm
+    (0 = off; train/norm_cap.py), so V_tgt cannot be found by norm alone."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Injection recipe."""
+
+    def validate(self, where: str = "inject") -> None:
+        check_fraction(f"{where}.ratio", self.ratio)
+        if self.ratio > 0.5:
+            # Checked here, not after injection: the controlled study's Random region is disjoint from
+            # V_tgt and of the same size, which only fits when V_tgt is at most half of the value vectors.
+            raise ConfigError(f"{where}.ratio={self.ratio!r}: expected at most 0.5 (the Random region, disjoint "
+                              f"from V_tgt and of the same size, must fit in its complement)")
+        check_file(f"{where}.mask", self.mask)
+        if self.max_norm_ratio < 0:
+            raise ConfigError(f"config key '{where}.max_norm_ratio': expected >= 0 (0 = off), got {self.max_norm_ratio}")
+        self.train.validate(f"{where}.train")
+
+
+@dataclass
+class UnlearnConfig:
+    method: str = "npo"
+    """Objective: ga | graddiff | wga | npo | simnpo | dpo | rmu (SPEC §5)."""
+    mask: str = ""
+    """Mask file (safetensors); empty = all parameters trainable (no localization)."""
+    gamma: Optional[float] = None
+    """Weight of the forget loss; None = the method's default (SPEC §5)."""
+    alpha: Optional[float] = None
+    """Weight of the retain loss; None = the method's default."""
+    beta: Optional[float] = None
+    """beta of WGA/NPO/SimNPO/DPO; None = the method's default."""
+    delta: Optional[float] = None
+    """SimNPO margin; None = 0."""
+    rmu_layer: int = -1
+    """RMU steering layer; -1 = 7 scaled to the model's depth (round(7/32 * L))."""
+    rmu_c: float = 6.5
+    """RMU steering coefficient c."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Unlearning recipe; checkpoints every `checkpoint_every` epochs form the trajectory."""
+    per_method: dict = field(default_factory=dict)
+    """Per-method overrides of this section used by the studies, e.g. `{rmu: {train: {lr: 0.3}}}`.
+    Methods need different step sizes (RMU's hidden-state loss vs NPO's log-sigmoid); Oracle and
+    Random always share them, which is all the causal test requires (SPEC §7 step 3)."""
+
+    def validate(self, where: str = "unlearn") -> None:
+        check_name(f"{where}.method", self.method, "unlearning method")
+        check_file(f"{where}.mask", self.mask)
+        self.train.validate(f"{where}.train")
+        for name in self.per_method:
+            check_name(f"{where}.per_method", name, "unlearning method")
+            method_config(self, name).train.validate(f"{where}.per_method.{name}.train")
+
+
+@dataclass
+class LocalizeConfig:
+    method: str = "random"
+    """random | random_complement | random_layer_matched | activation | memflex | wagle | gradient | norm (SPEC §6)."""
+    ratio: float = 0.1
+    """Fraction of value vectors selected."""
+    scope: Literal["global", "per_layer"] = "global"
+    """Top-k over all layers, or the same fraction in every layer."""
+    seed: int = 0
+    """Seed (random methods, memflex corruption)."""
+    source_mask: str = ""
+    """random_complement: the mask whose complement is sampled."""
+    batch_size: int = 8
+    """Examples per forward/backward pass."""
+    memflex_threshold: float = 0.92
+    """MemFlex: candidates have cos(g_forget, g_retain) below this."""
+    memflex_copies: int = 3
+    """MemFlex: corrupted copies per example."""
+    wagle_gamma: float = 1e-6
+    """WAGLE: gamma of s = |(theta - g_retain / gamma) * g_forget|."""
+    max_length: int = 256
+    """Truncate prompt+answer to this many tokens when scoring."""
+    compare: list[str] = field(default_factory=list)
+    """Masks to report overlap / precision / recall against."""
+    reference: str = ""
+    """norm: a reference model folder (e.g. theta_r); scores become ||v - v_ref||_2 instead of ||v||_2."""
+
+    def validate(self, where: str = "localize") -> None:
+        check_name(f"{where}.method", self.method, "localization method")
+        check_fraction(f"{where}.ratio", self.ratio)
+        check_at_least(f"{where}.batch_size", self.batch_size, 1)
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 16
+    """Examples per forward pass / generation batch."""
+    max_new_tokens: int = 200
+    """Greedy generation length for ROUGE-L."""
+    es_floor: Literal["none", "ou"] = "none"
+    """'ou' reproduces open-unlearning's 1/T floor of ES (SPEC §2)."""
+    rouge: bool = True
+    """Compute ROUGE-L (needs generation; the slow part of evaluation)."""
+    reference: str = ""
+    """Reference (retain) model for Forget Quality: a model folder or a metrics.json with truth ratios."""
+    curve: Literal["checkpoints", "mix"] = "checkpoints"
+    """Trajectory: saved checkpoints, or model mixing theta(a) (SPEC §4)."""
+    envelope: bool = True
+    """AUES: keep only the Pareto envelope."""
+    left_anchor: bool = True
+    """AUES: prepend (0, RS of the first point)."""
+    mu95: Literal["first", "best"] = "first"
+    """MU95: first crossing (interpolated) or best log10 FQ above 0.95 MU0."""
+
+    def validate(self, where: str = "eval") -> None:
+        check_at_least(f"{where}.batch_size", self.batch_size, 1)
+
+
+REGIONS = ("oracle", "random")
+"""The controlled study's two masks per seed (SPEC §7): V_tgt, the region the forget set was injected
+into, and a disjoint random region of the same size (`stages.prepare_seed`)."""
+
+
+def method_config(ucfg: "UnlearnConfig", method: str) -> "UnlearnConfig":
+    """`ucfg` for `method` with its `per_method` overrides applied (validated like any config)."""
+    out = dataclasses.replace(ucfg, method=method, train=dataclasses.replace(ucfg.train), per_method={})
+    return merge(out, ucfg.per_method.get(method, {}), f"unlearn.per_method.{method}")
