@@ -38,20 +38,13 @@ from loc_unlearn.data.synthetic import write_world
 from loc_unlearn.data.tofu import load_split
 from loc_unlearn.evaluate.token_metrics import token_metrics
 from loc_unlearn.models.load import load_model, smol_base
-from loc_unlearn.models.value_vectors import shape
 from loc_unlearn.train.masked import MaskedDelta
+
+from masked_step import make_mask  # benchmarks/ is on sys.path when a script in it runs
 
 
 def autocast(bf16: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
-
-
-def random_mask(model, ratio=0.1, seed=0):
-    L, d_ff = shape(model)
-    g = torch.Generator().manual_seed(seed)
-    m = torch.zeros(L * d_ff, dtype=torch.bool)
-    m[torch.randperm(L * d_ff, generator=g)[: round(ratio * L * d_ff)]] = True
-    return m.view(L, d_ff)
 
 
 def masked_step(model, opt, batch, bf16: bool) -> tuple[float, float]:
@@ -91,7 +84,7 @@ def main():
                for _ in range(args.steps)]
 
     # --- train: two identical copies, alternating steps
-    mask = random_mask(model)
+    mask = make_mask(model)
     runs = {}
     for name in ("fp32", "bf16"):
         m = copy.deepcopy(model).train()

@@ -26,7 +26,6 @@ import torch
 from loc_unlearn.config import TinyModelConfig
 from loc_unlearn.data.formatting import collate, encode_qa, length_batches
 from loc_unlearn.data.synthetic import generate_world, write_world
-from loc_unlearn.evaluate.generation import prompt_ids
 from loc_unlearn.evaluate.token_metrics import _run, token_metrics
 from loc_unlearn.models.load import build_tiny, load_model
 
@@ -90,19 +89,16 @@ def es_by_generation(model, tok, rows, batch_size):  # batch_size=1: one example
 
 
 def quick_fit(model, tok, rows, steps=80, lr=3e-3):
-    """A few full-batch steps on the answers of `rows`, so ES is spread over 0..1 (not all 0)."""
-    b = collate([encode_qa(tok, r["question"], r["answer"]) for r in rows], tok.pad_token_id)
-    dev = next(model.parameters()).device
-    b = {k: v.to(dev) for k, v in b.items()}
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(steps):
-        loss = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    return loss.item()
+    """`steps` full-batch steps of the project's training loop on the answers of `rows`, so ES is
+    spread over 0..1 (not all 0). Returns the last step's loss."""
+    from loc_unlearn.config import TrainConfig
+    from loc_unlearn.train.loop import train
+
+    cfg = TrainConfig(lr=lr, epochs=steps, batch_size=len(rows), weight_decay=0.0, warmup_epochs=0.0,
+                      checkpoint_every=0, grad_clip=0.0, max_length=256)
+    with tempfile.TemporaryDirectory() as d:
+        res = train(model, tok, rows, [], "learn", cfg, Path(d) / "fit")
+    return float(res.log[-1]["loss"])
 
 
 def timed(fn):

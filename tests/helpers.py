@@ -108,6 +108,32 @@ def make_rows(n=12, offset=0):
             for i in range(n)]
 
 
+def encoded_rows(tok, n=6, idk=None):
+    """(forget items, retain items, refusal items or None): `n` forget rows and `n` retain rows of
+    `make_rows` encoded with `tok`; refusals pair each forget question with idk[k % len(idk)]."""
+    forget, retain = make_rows(n), make_rows(n, 5)
+    fi = [encode_qa(tok, r["question"], r["answer"]) for r in forget]
+    ri = [encode_qa(tok, r["question"], r["answer"]) for r in retain]
+    ii = [encode_qa(tok, r["question"], idk[k % len(idk)]) for k, r in enumerate(forget)] if idk else None
+    return fi, ri, ii
+
+
+def run_cli(args, runs_dir, fault=None, quiet="1", timeout=600):
+    """`loc-unlearn ARGS runs_dir=RUNS_DIR` in a fresh process (one torch thread), optionally with a
+    fault injected (`LOC_UNLEARN_FAULT`, e.g. "train_step:30": the process SIGKILLs itself there)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, LOC_UNLEARN_QUIET=quiet, OMP_NUM_THREADS="1")
+    env.pop("LOC_UNLEARN_FAULT", None)
+    if fault:
+        env["LOC_UNLEARN_FAULT"] = fault
+    code = "import torch,sys; torch.set_num_threads(1); from loc_unlearn.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args, f"runs_dir={runs_dir}"], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def make_tok():
     """The BPE of the training tests, over make_rows' rows and the refusals."""
     texts = [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in make_rows(24) + make_rows(24, 5)] + IDK

@@ -94,6 +94,14 @@ def _args(gc, tmp_path, **kw):
     return SimpleNamespace(**(base | kw))
 
 
+def _run_section(gc, tmp_path, monkeypatch, fake, letter: str, name: str):
+    """Run gpu_check's section `name` with its processes replaced by `fake`: (section, its text)."""
+    monkeypatch.setattr(gc, "run_proc", fake)
+    sec = gc.Section(letter, name)
+    getattr(gc, f"section_{name}")(_args(gc, tmp_path), sec, deadline=1e18)
+    return sec, sec.text()
+
+
 def _runs_dir(cmd) -> Path:
     return Path(next(a.split("=", 1)[1] for a in cmd if a.startswith("runs_dir=")))
 
@@ -111,10 +119,7 @@ def test_demo_section_gpu_path_with_a_fake_demo(gc, tmp_path, monkeypatch):
             "injection": [{"seed": 0, "forget_es": 1.0, "target_es": 0.9, "reached": True}]}))
         return {"rc": 0, "timed_out": False, "stdout": "", "stderr": "", "s": 12.0}
 
-    monkeypatch.setattr(gc, "run_proc", fake)
-    sec = gc.Section("b", "demo")
-    gc.section_demo(_args(gc, tmp_path), sec, deadline=1e18)
-    text = sec.text()
+    sec, text = _run_section(gc, tmp_path, monkeypatch, fake, "b", "demo")
     assert sec.status == "ok", text
     assert "| WGA | CPU | 0.925 ± 0.026 |" in text and "| WGA | GPU bf16 | 0.500 ± 0.100 | 0.400 ± 0.100 | 0.30 |" in text
     assert "seed 0 ES 1.00/0.90" in text and any("GPU bf16" in s for s in sec.summary)
@@ -144,10 +149,7 @@ def test_fsdp_section_gpu_path_with_fake_runs(gc, tmp_path, monkeypatch):
                   str(d / "train" / "ckpt-2" / "delta.safetensors"))
         return {"rc": 0, "timed_out": False, "stdout": "", "stderr": "", "s": 2.0}
 
-    monkeypatch.setattr(gc, "run_proc", fake)
-    sec = gc.Section("c", "fsdp")
-    gc.section_fsdp(_args(gc, tmp_path), sec, deadline=1e18)
-    text = sec.text()
+    sec, text = _run_section(gc, tmp_path, monkeypatch, fake, "c", "fsdp")
     assert sec.status == "ok", text
     assert "final deltas max |diff| 0.00e+00" in text and "same masked columns True" in text
 
@@ -169,10 +171,7 @@ def test_step_section_reports_oom_and_crashes_per_variant(gc, tmp_path, monkeypa
         r = ok | {"variant": v} | ({"fits": False, "error": "CUDA out of memory. Tried to allocate"} if v == "all_gm" else {})
         return {"rc": 0, "timed_out": False, "stdout": json.dumps(r) + "\n", "stderr": "", "s": 1.0}
 
-    monkeypatch.setattr(gc, "run_proc", fake)
-    sec = gc.Section("a", "step")
-    gc.section_step(_args(gc, tmp_path), sec, deadline=1e18)
-    text = sec.text()
+    sec, text = _run_section(gc, tmp_path, monkeypatch, fake, "a", "step")
     assert seen == ["ours", "wdown_gm", "all_gm"]
     assert "| ours: MaskedDelta (10% mask) | 0.500 | 4096 | 30.00 |" in text
     assert "| (ii) all of W_down, grad * mask | failed (rc -9) |" in text

@@ -5,15 +5,14 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from loc_unlearn.data.formatting import collate, encode_qa
+from loc_unlearn.data.formatting import collate
 from loc_unlearn.errors import ConfigError, UserError
 from loc_unlearn.train.masked import MaskedDelta
 from loc_unlearn.train.objectives import (DEFAULTS, OBJECTIVES, Context, resolve_hparams, rmu_target,
                                           sequence_logps)
 
-from helpers import IDK, direct_hidden, direct_token_logps, make_rows, make_tok, tiny_lm
+from helpers import IDK, direct_hidden, direct_token_logps, encoded_rows, make_tok, tiny_lm
 
 
 # ----------------------------------------------------------------------------- direct computations
@@ -52,11 +51,7 @@ def direct_loss(name, hp, model, ref, f, r, i, target):
 @pytest.fixture(scope="module")
 def setup():
     tok = make_tok()
-    forget, retain = make_rows(6), make_rows(6, 5)
-    fi = [encode_qa(tok, r["question"], r["answer"]) for r in forget]
-    ri = [encode_qa(tok, r["question"], r["answer"]) for r in retain]
-    ii = [encode_qa(tok, r["question"], IDK[k % 4]) for k, r in enumerate(forget)]
-    return tok, fi, ri, ii
+    return (tok, *encoded_rows(tok, 6, IDK[:4]))
 
 
 @pytest.mark.parametrize("name", sorted(DEFAULTS))

@@ -6,21 +6,19 @@ import pytest
 import torch
 
 from loc_unlearn.config import TrainConfig
-from loc_unlearn.data.formatting import collate, encode_qa
+from loc_unlearn.data.formatting import collate
 from loc_unlearn.models.value_vectors import value_matrix
 from loc_unlearn.train.loop import train
 from loc_unlearn.train.masked import MaskedDelta
 from loc_unlearn.train.objectives import OBJECTIVES, Context, layer_output, resolve_hparams, rmu_target
 
-from helpers import direct_hidden, make_rows, make_tok, rand_mask, tiny_lm
+from helpers import direct_hidden, encoded_rows, make_rows, make_tok, rand_mask, tiny_lm
 
 
 @pytest.fixture(scope="module")
 def setup():
     tok = make_tok()
-    forget, retain = make_rows(6), make_rows(6, 5)
-    fi = [encode_qa(tok, r["question"], r["answer"]) for r in forget]
-    ri = [encode_qa(tok, r["question"], r["answer"]) for r in retain]
+    fi, ri, _ = encoded_rows(tok, 6)
     return tok, fi, ri
 
 

@@ -3,16 +3,13 @@ mid evaluation, before a run's manifest) resumes and ends with exactly the numbe
 run; damaged artifacts are refused; a full disk never leaves an artifact that is taken as complete."""
 import errno
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from loc_unlearn.errors import CheckpointError, UserError
 
-from helpers import MINI
+from helpers import MINI, run_cli
 
 # Each kill happens in a later run than the previous one's, so together they cover every kind of stage.
 FAULTS = ["train_step:30", "checkpoint_save:3", "evaluate_checkpoint:2", "before_manifest:3", "train_step:5"]
@@ -25,13 +22,7 @@ def _numbers(res: dict) -> dict:
 
 
 def _cli(runs_dir, fault=None):
-    env = dict(os.environ, LOC_UNLEARN_QUIET="1", OMP_NUM_THREADS="1")
-    env.pop("LOC_UNLEARN_FAULT", None)
-    if fault:
-        env["LOC_UNLEARN_FAULT"] = fault
-    code = "import torch,sys; torch.set_num_threads(1); from loc_unlearn.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, "study", "controlled", f"runs_dir={runs_dir}", *MINI],
-                          env=env, capture_output=True, text=True, timeout=600)
+    return run_cli(["study", "controlled", *MINI], runs_dir, fault)
 
 
 def test_killed_study_resumes_to_identical_numbers(tmp_path, mini_cfg):

@@ -2,25 +2,16 @@
 mid-way restarts from its last checkpoint, not from step 0, and ends bit-identical to an uninterrupted
 run; every preset checkpoints finetune and inject."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from helpers import MINI
+from helpers import MINI, run_cli
 
 EVERY = "finetune.train.checkpoint_every=0.5"
 
 
 def _finetune_cli(runs_dir, fault=None):
-    env = dict(os.environ, OMP_NUM_THREADS="1", LOC_UNLEARN_QUIET="0")
-    env.pop("LOC_UNLEARN_FAULT", None)
-    if fault:
-        env["LOC_UNLEARN_FAULT"] = fault
-    code = "import torch,sys; torch.set_num_threads(1); from loc_unlearn.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, "finetune", f"runs_dir={runs_dir}", *MINI, EVERY],
-                          env=env, capture_output=True, text=True, timeout=600)
+    return run_cli(["finetune", *MINI, EVERY], runs_dir, fault, quiet="0")
 
 
 @pytest.mark.parametrize("preset", ["tiny", "smol", "paper-llama3.1-8b", "paper-olmo2-7b"])
