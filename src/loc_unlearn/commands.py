@@ -13,7 +13,7 @@ from .errors import UserError
 from .evaluate.tofu import format_table
 from .masks.mask import Mask
 from .runs import Run
-from .stages import ModelRef, evaluate, finetune, finetune_on, inject, localize, unlearn, world_args
+from .stages import ModelRef, check_data, evaluate, finetune, finetune_on, inject, localize, unlearn, world_args
 from .utils import write_json_atomic
 
 
@@ -72,6 +72,7 @@ def cmd_finetune(cfg: Config) -> None:
 
 
 def cmd_inject(cfg: Config) -> None:
+    check_data(cfg)
     theta_r = model_arg(cfg) or finetune(cfg)
     ref = inject(cfg, theta_r)
     met = ref.run.metrics()
@@ -81,7 +82,9 @@ def cmd_inject(cfg: Config) -> None:
 
 
 def cmd_localize(cfg: Config) -> None:
-    model = model_arg(cfg) or finetune_on(cfg, "full")
+    model = model_arg(cfg)
+    check_data(cfg, *(() if model else ("full",)))
+    model = model or finetune_on(cfg, "full")
     path = localize(cfg, model)
     mask = Mask.load(path)
     out = path
@@ -107,6 +110,7 @@ def cmd_unlearn(cfg: Config) -> None:
     model = model_arg(cfg)
     if model is None:
         raise UserError("unlearn needs model=PATH (e.g. theta_o from `loc-unlearn inject`)")
+    check_data(cfg, eval_sets=True)
     theta_r = _reference_arg(cfg) or finetune(cfg)
     run = unlearn(cfg, model, cfg.unlearn.mask or None, theta_r)
     met = run.metrics()

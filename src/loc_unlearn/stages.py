@@ -105,6 +105,29 @@ def exact_match_rate(model, tok, rows, cfg: Config) -> dict:
     return {"exact_greedy": sum(1 for e in es if e >= 1.0 - 1e-9) / max(1, len(es)), "mean_es": sum(es) / max(1, len(es))}
 
 
+def _replay_rows(cfg: Config, data: DataSource) -> list[dict]:
+    if not cfg.finetune.replay_split:
+        return []
+    try:
+        return data.rows(cfg.finetune.replay_split)
+    except DataError as e:
+        raise DataError(f"finetune.replay_split={cfg.finetune.replay_split!r} (rows mixed into fine-tuning to "
+                        f"keep general knowledge; set finetune.replay_split= to turn it off): {e}") from None
+
+
+def check_data(cfg: Config, *splits: str, eval_sets: bool = False) -> None:
+    """Read every split a command will use before it does any work, so a broken or missing file is named
+    at once, not after hours of training (issue 14): the forget and retain splits, the fine-tuning replay
+    split, the DPO refusals, `splits` (e.g. 'full') and, with `eval_sets`, the evaluation sets (SPEC §3)."""
+    data = data_source(cfg)
+    for split in (data.forget_split, data.retain_split, *splits):
+        data.rows(split)
+    _replay_rows(cfg, data)
+    data.idk()
+    if eval_sets:
+        data.eval_sets()
+
+
 def finetune(cfg: Config, base: ModelRef | None = None) -> ModelRef:
     """theta_r (split=retain90) or the full-data model (split=full): all parameters, SPEC §7 step 1."""
     data = data_source(cfg)
@@ -112,18 +135,13 @@ def finetune(cfg: Config, base: ModelRef | None = None) -> ModelRef:
     # Read both splits before any training (the base model included): a missing replay file named late, or
     # without its config key, cost a whole base pretraining.
     data.rows(split)
-    if cfg.finetune.replay_split:
-        try:
-            data.rows(cfg.finetune.replay_split)
-        except DataError as e:
-            raise DataError(f"finetune.replay_split={cfg.finetune.replay_split!r} (rows mixed into fine-tuning to "
-                            f"keep general knowledge; set finetune.replay_split= to turn it off): {e}") from None
+    _replay_rows(cfg, data)
     base = base or base_model(cfg)
 
     def build(p: Path) -> dict:
         model, tok = base.load(cfg)
         rows = data.rows(split)
-        replay = data.rows(cfg.finetune.replay_split) if cfg.finetune.replay_split else []
+        replay = _replay_rows(cfg, data)
         res = loop.train(model, tok, rows + replay, [], "learn", cfg.finetune.train, p / "train")
         if is_main_process():
             save_model(model, tok, p / "model")

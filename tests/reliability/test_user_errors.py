@@ -123,3 +123,31 @@ def test_missing_replay_split_names_its_key_before_any_training(capsys, tmp_path
     rc, err = run_cli(capsys, "finetune", f"runs_dir={tmp_path / 'runs'}", f"data={data}",
                       "finetune.replay_split=pretrain", f"model.path={tiny_model_dir}")
     assert rc == 2 and "finetune.replay_split" in err and "pretrain" in err, err
+
+
+@pytest.mark.parametrize("broken, args", [
+    # inject builds theta_r first when model= is not given: the forget file used to be read only after it trained
+    ("forget10.json", ["inject"]),
+    # unlearn's eval sets used to be read after theta_r (the FQ reference) was fine-tuned
+    ("forget10_perturbed.json", ["unlearn", "model={model}"]),
+    # localize without model= fine-tunes on `full` first; its forget/retain rows came after
+    ("retain90.json", ["localize"]),
+    ("retain_perturbed.json", ["study", "controlled", "study.seeds=1", "study.methods=[npo]", "study.localizers=[]",
+                               "study.output_fit=false"]),
+])
+def test_every_split_a_command_uses_is_read_before_any_work(capsys, tmp_path, tiny_model_dir, world_dir, monkeypatch,
+                                                            broken, args):
+    """Issue 14: a broken split a command will use is named before any training (training is replaced by
+    a failure here, so reaching it fails the test)."""
+    import shutil
+
+    from loc_unlearn.train import loop
+
+    data = tmp_path / "data"
+    shutil.copytree(world_dir, data)
+    with open(data / broken, "a") as f:
+        f.write("{not json\n")
+    monkeypatch.setattr(loop, "train", lambda *a, **k: pytest.fail("trained before the data was checked"))
+    rc, err = run_cli(capsys, *[a.format(model=tiny_model_dir) for a in args], f"runs_dir={tmp_path / 'runs'}",
+                      f"data={data}", f"model.path={tiny_model_dir}")
+    assert rc == 2 and broken in err, err

@@ -43,6 +43,8 @@ class Study:
     waves: list[Wave]
     gather: Callable[[Config, dict[str, list[dict]]], dict]
     """(cfg, {wave name: job results in job order}) -> the study's fields of results.json; reads cached runs."""
+    splits: tuple[str, ...] = ()
+    """Data splits the study reads besides forget, retain, replay and the eval sets (checked before any work)."""
 
 
 def study_key(cfg: Config, name: str) -> dict:
@@ -57,6 +59,7 @@ def run_study(cfg: Config, study: Study) -> Path:
     key = study_key(cfg, study.name)
 
     def build(p: Path) -> dict:
+        stages.check_data(cfg, *study.splits, eval_sets=True)  # every split the study reads, before any work
         study.inputs(cfg)
         outputs = {w.name: execute(cfg, w.job, w.specs, w.name) for w in study.waves}
         res = {"study": study.name, "preset": cfg.preset, "config": key["config"],

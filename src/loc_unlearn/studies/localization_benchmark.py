@@ -49,7 +49,7 @@ def run_study(cfg: Config) -> Path:
     return common.run_study(cfg, Study(
         name="localization",
         inputs=build_masks,  # the models and every mask, so no two jobs build one (random~X needs X's)
-        waves=waves, gather=gather))
+        waves=waves, gather=gather, splits=("full",)))  # the full-data model is fine-tuned on `full`
 
 
 def localizers(cfg: Config) -> list[str]:
