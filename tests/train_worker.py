@@ -21,7 +21,9 @@ model = tiny_lm(tok, L=2)
 mask = torch.rand(2, 64, generator=torch.Generator().manual_seed(7)) < 0.15
 cfg = TrainConfig(lr=1e-2, epochs=3, batch_size=4, micro_batch_size=1, weight_decay=0.1, warmup_epochs=0.5,
                   checkpoint_every=0, max_length=64, seed=3)
-res = train(model, tok, make_rows(8), make_rows(8, 5), "npo", cfg, out / "train", mask=mask)
+# 9 rows in batches of 4: every epoch ends with a 1-example batch, so one process has no example in that
+# step (its gradients are None while the other's are not; the all-reduce must still pair up).
+res = train(model, tok, make_rows(9), make_rows(9, 5), "npo", cfg, out / "train", mask=mask)
 state = PartialState()
 # A plain launch without --multi_gpu/cpu would silently run independent single-process jobs.
 assert state.num_processes == expect, f"expected {expect} processes, got {state.num_processes}"

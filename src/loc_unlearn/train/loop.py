@@ -263,7 +263,12 @@ def _gradients(run: _Run, plan: _Plan, step: int, perm, pairs) -> dict:
     j = step % plan.spe
     pos = torch.arange(j * cfg.batch_size, min(len(perm), (j + 1) * cfg.batch_size))
     b = len(pos)
-    mine = pos[rank::P]
+    mine, weight = pos[rank::P], 1.0
+    if len(mine) == 0:
+        # An epoch's last batch can be smaller than P, leaving this process no example. It still runs one
+        # (weighted 0), so its log keys and which parameters have gradients match the other processes'
+        # and every collective below pairs up (a mismatch hangs them).
+        mine, weight = pos[:1], 0.0
     torch.manual_seed(_gen(cfg.seed, step, rank).initial_seed())  # dropout: same per step on resume
     lr = lr_at(step, cfg.lr, plan.warmup, plan.total)
     for g in run.opt.param_groups:
@@ -276,10 +281,10 @@ def _gradients(run: _Run, plan: _Plan, step: int, perm, pairs) -> dict:
         run.ctx.ref_logp = {k: v[ids].to(device) for k, v in run.ref_cache.items()}
         with acc.autocast():
             loss, logs = plan.obj(run.md.model, batch, run.ctx)
-        (loss.float().sum() / b).backward()
-        sums["loss"] = sums["loss"] + loss.detach().float().sum()
+        (loss.float().sum() * weight / b).backward()
+        sums["loss"] = sums["loss"] + weight * loss.detach().float().sum()
         for k, v in logs.items():
-            sums[k] = sums.get(k, torch.zeros((), device=device)) + v.detach().float().sum()
+            sums[k] = sums.get(k, torch.zeros((), device=device)) + weight * v.detach().float().sum()
     names = sorted(sums)
     stats = torch.stack([sums[k] for k in names])
     if P > 1:
