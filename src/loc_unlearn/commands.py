@@ -116,9 +116,12 @@ def cmd_unlearn(cfg: Config) -> None:
     met = run.metrics()
     print(f"run: {run.path}")
     for pt in met["trajectory"]:
-        print(f"  step {pt['step']:5d}  FS {pt['FS']:.3f}  RS {pt['RS']:.3f}  MU {pt['MU']:.3f}  "
+        mu = "    -" if pt["MU"] is None else f"{pt['MU']:.3f}"  # "-": ES only (eval.full_at=ends)
+        print(f"  step {pt['step']:5d}  FS {pt['FS']:.3f}  RS {pt['RS']:.3f}  MU {mu}  "
               f"log10FQ {pt['log10_FQ'] if pt['log10_FQ'] is None else round(pt['log10_FQ'], 2)}")
     print(f"AUES {met['aues']:.3f}  MU95 {met['mu95']:.2f}{' (not reached)' if met['mu95_not_reached'] else ''}")
+    if met.get("mu95_note"):
+        print(f"  ({met['mu95_note']})")
 
 
 def cmd_evaluate(cfg: Config) -> None:

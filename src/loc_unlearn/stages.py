@@ -26,7 +26,7 @@ from .config import REGIONS, Config, TrainConfig, method_config
 from .data.source import DataSource, data_source, synthetic_world, world_args  # noqa: F401  (re-exported)
 from .data.tofu import load_split
 from .errors import DataError, UserError
-from .evaluate.tofu import evaluate_model
+from .evaluate.tofu import evaluate_es, evaluate_model
 from .evaluate.token_metrics import token_metrics
 from .evaluate.tradeoff import mix_state_dicts, summarize_trajectory
 from .masks.localize import localize as localize_mask
@@ -269,17 +269,20 @@ def prepare_seed(cfg: Config, theta_r: ModelRef, seed: int) -> dict:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def evaluate(cfg: Config, model: ModelRef, reference: ModelRef | None = None) -> dict:
-    """Metrics of one model (SPEC §2-3), cached; FQ against `reference` (theta_r) when given."""
+def evaluate(cfg: Config, model: ModelRef, reference: ModelRef | None = None, es_only: bool = False) -> dict:
+    """Metrics of one model (SPEC §2-3), cached; FQ against `reference` (theta_r) when given. `es_only`:
+    forget/retain ES alone (`evaluate_es`, eval.full_at=ends between a trajectory's end points)."""
     data = data_source(cfg)
-    ref_tr = reference_truth_ratios(cfg, reference) if reference else None
+    ref_tr = reference_truth_ratios(cfg, reference) if reference and not es_only else None
 
     def build(p: Path) -> dict:
         m, tok = model.load(cfg)
+        if es_only:
+            return evaluate_es(m, tok, data.eval_sets(), cfg.eval)
         return evaluate_model(m, tok, data.eval_sets(), cfg.eval, reference_truth_ratios=ref_tr)
 
     key = {"eval": eval_key(cfg), "model": model.fingerprint, "data": data.fingerprint,
-           "reference": reference.fingerprint if reference else ""}
+           "reference": reference.fingerprint if reference and not es_only else ""} | ({"es_only": True} if es_only else {})
     return cached(cfg.runs_dir, "evaluate", key, build).metrics()
 
 
@@ -287,7 +290,7 @@ def eval_key(cfg: Config) -> dict:
     """The config that per-model metrics depend on (run keys of every stage that evaluates models)."""
     # Trajectory-summary options do not change per-model metrics.
     e = asdict(cfg.eval)
-    for k in ("reference", "curve", "envelope", "left_anchor", "mu95"):
+    for k in ("reference", "curve", "envelope", "left_anchor", "mu95", "full_at"):
         e.pop(k)
     return e | {"max_eval_rows": cfg.data.max_eval_rows, "forget_split": cfg.data.forget_split}
 
@@ -324,17 +327,17 @@ def unlearn(cfg: Config, model: ModelRef, mask_path: str | Path | None, referenc
             for j in range(1, 11):
                 mk, _ = model.load(cfg)
                 mk.load_state_dict(mix_state_dicts(sd0, sdk, j / 10))
-                met = evaluate_model(mk, tok, sets, cfg.eval, reference_truth_ratios=ref_tr)
+                met = _eval_point(mk, tok, sets, cfg, ref_tr, last=j == 10)
                 points.append(_point(j, met) | {"mix": j / 10})
         else:
-            for ck in res.checkpoints:
+            for i, ck in enumerate(res.checkpoints):
                 done = Path(ck) / "metrics.json"
                 if done.is_file():  # evaluated before an interruption: written atomically, reuse it
                     met = json.loads(done.read_text())
                 else:
                     base, _ = model.load(cfg)
-                    met = evaluate_model(loop.load_checkpoint(base, ck), tok, sets, cfg.eval,
-                                         reference_truth_ratios=ref_tr)
+                    met = _eval_point(loop.load_checkpoint(base, ck), tok, sets, cfg, ref_tr,
+                                      last=i == len(res.checkpoints) - 1)
                     fault_point("evaluate_checkpoint")
                     if is_main_process():
                         write_json_atomic(done, met)
@@ -343,13 +346,22 @@ def unlearn(cfg: Config, model: ModelRef, mask_path: str | Path | None, referenc
                                     mode=cfg.eval.mu95)
         return {"method": ucfg.method, "mask": str(mask_path or ""), "trajectory": points,
                 "aues": summ["aues"], "mu95": summ["mu95"], "mu95_not_reached": summ["mu95_not_reached"],
-                "train_truncated": res.truncated}
+                "train_truncated": res.truncated} | ({"mu95_note": summ["mu95_note"]} if summ["mu95_note"] else {})
 
     key = {"unlearn": asdict(ucfg) | {"mask": ""}, "eval": eval_key(cfg) | {k: getattr(cfg.eval, k) for k in
                                                              ("curve", "envelope", "left_anchor", "mu95")},
            "model": model.fingerprint, "mask": sha256_file(mask_path) if mask_path else "",
            "reference": reference.fingerprint, "data": data.fingerprint}
+    if cfg.eval.full_at != "all":  # only then: run keys from before the option stay as they were
+        key["eval"]["full_at"] = cfg.eval.full_at
     return cached(cfg.runs_dir, "unlearn", key, build, collective=True)
+
+
+def _eval_point(model, tok, sets, cfg: Config, ref_tr, last: bool) -> dict:
+    """A trajectory point after theta_0: the full evaluation, or ES alone between the end points (eval.full_at)."""
+    if cfg.eval.full_at == "all" or last:
+        return evaluate_model(model, tok, sets, cfg.eval, reference_truth_ratios=ref_tr)
+    return evaluate_es(model, tok, sets, cfg.eval)
 
 
 def _step_of(ck) -> int:
@@ -358,4 +370,5 @@ def _step_of(ck) -> int:
 
 
 def _point(step: int, met: dict) -> dict:
-    return {"step": step, "FS": met["FS"], "RS": met["RS"], "MU": met["MU"], "log10_FQ": met.get("log10_FQ")}
+    p = {"step": step, "FS": met["FS"], "RS": met["RS"], "MU": met["MU"], "log10_FQ": met.get("log10_FQ")}
+    return p | ({"es_only": True} if met.get("es_only") else {})

@@ -139,6 +139,27 @@ def evaluate_model(model, tokenizer, eval_sets: dict, cfg, reference_truth_ratio
     return out
 
 
+def evaluate_es(model, tokenizer, eval_sets: dict, cfg) -> dict:
+    """FS and RS alone (SPEC §2): one pass per forget/retain answer, no FQ, MU or ROUGE; the points between
+    a trajectory's end points under eval.full_at=ends. MU and log10_FQ are None and `es_only` is True."""
+    out = {"FS": None, "RS": None, "MU": None, "FQ": None, "log10_FQ": None, "es_only": True, "es_floor": cfg.es_floor}
+    for name, rows in eval_sets.items():
+        key = _canonical(name)
+        if key not in ("forget", "retain"):
+            continue
+        try:
+            tm = token_metrics(model, tokenizer, rows, batch_size=cfg.batch_size, es_floor=cfg.es_floor, answer_only=True)
+        except DataError as e:
+            raise DataError(f"eval set {name!r}: {e}") from None
+        out[key] = {"n": len(rows), "es": _mean(tm["es"]), "em": _mean(tm["em"]), "es_per": tm["es"],
+                    "em_per": tm["em"], "nll": tm["nll"], "truncated": tm["truncated"]}
+    for need in ("forget", "retain"):
+        if need not in out:
+            raise UserError(f"evaluate_es needs a {need!r} eval set; got {sorted(eval_sets)}")
+    out["FS"], out["RS"] = 1.0 - out["forget"]["es"], out["retain"]["es"]
+    return out
+
+
 def format_table(metrics: dict) -> str:
     """Readable console table: one line per eval set, then the summary numbers."""
     def f(v, w=8):

@@ -100,11 +100,12 @@ def _encode(tokenizer, question, answer, where, limit=None, cut=None, row=None):
 
 
 def token_metrics(model, tokenizer, rows, batch_size: int = 16, es_floor: str = "none",
-                  max_length: int | None = None) -> dict:
+                  max_length: int | None = None, answer_only: bool = False) -> dict:
     """Per-example lists for an eval set (SPEC §2-3).
 
     Returns `es, em, nll, n_answer` for the answer and, where the rows carry them,
-    `nll_paraphrased` and `nll_perturbed` (a list per example). One batched pass per variant;
+    `nll_paraphrased` and `nll_perturbed` (a list per example; skipped with `answer_only`, which is all
+    ES needs: eval.full_at=ends between a trajectory's end points). One batched pass per variant;
     all perturbed answers of the set share one stream of batches. Sequences longer than
     `context_length(model, max_length)` (the model's max_position_embeddings, or `max_length` if
     smaller) are cut there like training cuts them (answer cut, no eos); `truncated` counts the rows
@@ -120,12 +121,12 @@ def token_metrics(model, tokenizer, rows, batch_size: int = 16, es_floor: str = 
         a = _run(model, ans, pad, batch_size, es_floor, "eval answer")
         out = {"es": [x["es"] for x in a], "em": [x["em"] for x in a], "nll": [x["nll"] for x in a],
                "n_answer": [x["n"] for x in a]}
-        if all("paraphrased_answer" in r for r in rows):
+        if not answer_only and all("paraphrased_answer" in r for r in rows):
             par = [_encode(tokenizer, r["question"], r["paraphrased_answer"], f"row {i + 1} field 'paraphrased_answer'",
                            limit, cut, i)
                    for i, r in enumerate(rows)]
             out["nll_paraphrased"] = [x["nll"] for x in _run(model, par, pad, batch_size, es_floor, "eval paraphrased")]
-        if all(r.get("perturbed_answer") for r in rows):
+        if not answer_only and all(r.get("perturbed_answer") for r in rows):
             owner, pert = [], []
             for i, r in enumerate(rows):
                 p = r["perturbed_answer"]

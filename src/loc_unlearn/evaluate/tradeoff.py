@@ -79,17 +79,26 @@ def summarize_trajectory(points: list[dict], envelope: bool = True, left_anchor:
                          mode: str = "first") -> dict:
     """AUES and MU95 of a trajectory; points are dicts with FS, RS, MU, log10_FQ (theta_0 first).
 
-    `mode` is the MU95 mode (first | best). MU95 is None when any point lacks log10_FQ (no
-    reference model for Forget Quality).
+    `mode` is the MU95 mode (first | best). AUES uses every point. A point evaluated for ES alone
+    (`es_only`, eval.full_at=ends) has MU None: MU95 then uses the points that have MU, and `mu95_note`
+    says which (empty when all have it). MU95 is None when a point it uses lacks log10_FQ (no reference
+    model for Forget Quality).
     """
     for i, p in enumerate(points):
-        for key in ("FS", "RS", "MU"):
+        need = ("FS", "RS") if p.get("es_only") else ("FS", "RS", "MU")
+        for key in need:
             if key not in p or p[key] is None:
                 raise UserError(f"trajectory point {i}: missing {key!r} (have {sorted(p)})")
+    full = [p for p in points if not p.get("es_only")]
+    if points and full and full[0] is not points[0]:
+        raise UserError("trajectory point 0 (theta_0) needs the full evaluation (MU): MU95 is relative to MU(theta_0)")
     out = {"aues": aues([p["FS"] for p in points], [p["RS"] for p in points], envelope, left_anchor),
-           "mu95": None, "mu95_not_reached": None, "points": points}
-    if points and all(p.get("log10_FQ") is not None for p in points):
-        v, nr = mu95([p["MU"] for p in points], [p["log10_FQ"] for p in points], mode=mode)
+           "mu95": None, "mu95_not_reached": None, "mu95_note": "", "points": points}
+    if len(full) < len(points):
+        out["mu95_note"] = (f"MU95 from the {len(full)} of {len(points)} points with MU (steps "
+                            f"{', '.join(str(p['step']) for p in full)}); the others have FS/RS only (eval.full_at=ends)")
+    if full and all(p.get("log10_FQ") is not None for p in full):
+        v, nr = mu95([p["MU"] for p in full], [p["log10_FQ"] for p in full], mode=mode)
         out["mu95"], out["mu95_not_reached"] = v, nr
     return out
 

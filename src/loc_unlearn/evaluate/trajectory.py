@@ -54,14 +54,16 @@ def trajectory(cfg: Config) -> dict:
     ckpts = [_ref(c, "checkpoints") for c in cfg.checkpoints]
     points = [stages._point(0, stages.evaluate(cfg, init, reference))]
     for i, (text, ck) in enumerate(zip(cfg.checkpoints, ckpts), 1):
-        points.append(stages._point(_step(text, i), stages.evaluate(cfg, ck, reference)) | {"model": text})
+        # eval.full_at=ends: ES alone between the end points, as an unlearn run does
+        es_only = cfg.eval.full_at == "ends" and i < len(ckpts)
+        points.append(stages._point(_step(text, i), stages.evaluate(cfg, ck, reference, es_only=es_only)) | {"model": text})
     summ = summarize_trajectory(points, envelope=cfg.eval.envelope, left_anchor=cfg.eval.left_anchor,
                                 mode=cfg.eval.mu95)
     inputs = {"init": init.fingerprint, "checkpoints": [c.fingerprint for c in ckpts],
               "reference": reference.fingerprint, "eval": stages.eval_key(cfg)}
     return {"init": cfg.input_model, "reference": cfg.eval.reference, "trajectory": points,
             "aues": summ["aues"], "mu95": summ["mu95"], "mu95_not_reached": summ["mu95_not_reached"],
-            "inputs": inputs}
+            "mu95_note": summ["mu95_note"], "inputs": inputs}
 
 
 def markdown(res: dict) -> str:
@@ -69,10 +71,11 @@ def markdown(res: dict) -> str:
     lines = [f"# Trajectory of {res['init']}", "", f"Reference (FQ): {res['reference']}", "",
              "| step | FS | RS | MU | log10 FQ | model |", "|---:|---:|---:|---:|---:|---|"]
     for p in res["trajectory"]:
-        lines.append(f"| {p['step']} | {p['FS']:.3f} | {p['RS']:.3f} | {p['MU']:.3f} | {fq(p['log10_FQ'])} | "
+        mu = "-" if p["MU"] is None else f"{p['MU']:.3f}"  # "-": ES only (eval.full_at=ends)
+        lines.append(f"| {p['step']} | {p['FS']:.3f} | {p['RS']:.3f} | {mu} | {fq(p['log10_FQ'])} | "
                      f"{p.get('model', res['init'])} |")
     mu95 = fq(res["mu95"]) + (" (not reached)" if res["mu95_not_reached"] else "")
-    lines += ["", f"AUES {res['aues']:.4f}, MU95 {mu95}", ""]
+    lines += ["", f"AUES {res['aues']:.4f}, MU95 {mu95}", ""] + ([res["mu95_note"], ""] if res.get("mu95_note") else [])
     return "\n".join(lines)
 
 

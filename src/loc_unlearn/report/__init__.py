@@ -172,6 +172,15 @@ def _setup_section(res: dict) -> list[tuple[str, list]]:
     return [("Setup", [t])] if t else []
 
 
+def _full_at_note(res: dict) -> str:
+    """eval.full_at=ends: say that MU95 comes from the trajectories' end points only."""
+    pts = [p for r in res.get("runs") or [] for p in r.get("trajectory") or []]
+    if not any(p.get("es_only") for p in pts):
+        return ""
+    return (" Only theta_0 and the final checkpoint of each run had the full evaluation (eval.full_at=ends): the "
+            "points between have FS/RS alone, so AUES uses every point and MU95 only the two end points.")
+
+
 def controlled_sections(res: dict, made: list) -> list[tuple[str, list]]:
     s = [("AUES: Oracle vs Random", [
             tables.comparison_table(res, "aues"),
@@ -181,7 +190,8 @@ def controlled_sections(res: dict, made: list) -> list[tuple[str, list]]:
                    "difference (no bars for one seed).",
                    made)]),
          ("MU95: Oracle vs Random", [tables.comparison_table(res, "mu95"),
-                                     "MU95 = log10 FQ where MU first drops below 95% of its start (higher is better)."]),
+                                     "MU95 = log10 FQ where MU first drops below 95% of its start (higher is better)."
+                                     + _full_at_note(res)]),
          ("Trajectories", _plot(plots.trajectories(res), "trajectories.png",
                                 "RS vs FS along each unlearning run; one line per seed.", made))]
     if res.get("injection"):

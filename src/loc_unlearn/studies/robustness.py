@@ -77,7 +77,8 @@ def mu95_checkpoint(trajectory: list[dict]) -> dict:
     if len(trajectory) < 2:
         raise UserError("MU95 checkpoint: the trajectory has no checkpoint after theta_0 (unlearn.train.checkpoint_every)")
     thr = 0.95 * float(trajectory[0]["MU"])
-    below = [j for j in range(1, len(trajectory)) if float(trajectory[j]["MU"]) < thr]
+    # Points evaluated for ES alone (eval.full_at=ends) have no MU: MU95 is taken over the others.
+    below = [j for j in range(1, len(trajectory)) if trajectory[j]["MU"] is not None and float(trajectory[j]["MU"]) < thr]
     j = below[0] if below else len(trajectory) - 1
     return {"index": j, "step": int(trajectory[j]["step"]), "reached": bool(below)}
 
