@@ -271,6 +271,10 @@ class EvalConfig:
     """AUES: prepend (0, RS of the first point)."""
     mu95: Literal["first", "best"] = "first"
     """MU95: first crossing (interpolated) or best log10 FQ above 0.95 MU0."""
+    full_at: Literal["all", "ends"] = "all"
+    """Trajectory points that get the full evaluation (FQ, the MU sets, ROUGE when on): 'all', or 'ends' =
+    theta_0 and the last point only; the points between get forget/retain ES alone (FS, RS: AUES is the
+    same), and MU95 uses the points that have MU (the run's `mu95_note` says so)."""
 
     def validate(self, where: str = "eval") -> None:
         check_at_least(f"{where}.batch_size", self.batch_size, 1)
