@@ -26,7 +26,7 @@ from .config import REGIONS, Config, TrainConfig, method_config
 from .data.source import DataSource, data_source, synthetic_world, world_args  # noqa: F401  (re-exported)
 from .data.tofu import load_split
 from .errors import DataError, UserError
-from .evaluate.tofu import evaluate_es, evaluate_model
+from .evaluate.tofu import evaluate_model
 from .evaluate.token_metrics import token_metrics
 from .evaluate.tradeoff import mix_state_dicts, summarize_trajectory
 from .masks.localize import localize as localize_mask
@@ -271,15 +271,13 @@ def prepare_seed(cfg: Config, theta_r: ModelRef, seed: int) -> dict:
 
 def evaluate(cfg: Config, model: ModelRef, reference: ModelRef | None = None, es_only: bool = False) -> dict:
     """Metrics of one model (SPEC §2-3), cached; FQ against `reference` (theta_r) when given. `es_only`:
-    forget/retain ES alone (`evaluate_es`, eval.full_at=ends between a trajectory's end points)."""
+    forget/retain ES alone (eval.full_at=ends between a trajectory's end points)."""
     data = data_source(cfg)
     ref_tr = reference_truth_ratios(cfg, reference) if reference and not es_only else None
 
     def build(p: Path) -> dict:
         m, tok = model.load(cfg)
-        if es_only:
-            return evaluate_es(m, tok, data.eval_sets(), cfg.eval)
-        return evaluate_model(m, tok, data.eval_sets(), cfg.eval, reference_truth_ratios=ref_tr)
+        return evaluate_model(m, tok, data.eval_sets(), cfg.eval, reference_truth_ratios=ref_tr, es_only=es_only)
 
     key = {"eval": eval_key(cfg), "model": model.fingerprint, "data": data.fingerprint,
            "reference": reference.fingerprint if reference and not es_only else ""} | ({"es_only": True} if es_only else {})
@@ -359,9 +357,8 @@ def unlearn(cfg: Config, model: ModelRef, mask_path: str | Path | None, referenc
 
 def _eval_point(model, tok, sets, cfg: Config, ref_tr, last: bool) -> dict:
     """A trajectory point after theta_0: the full evaluation, or ES alone between the end points (eval.full_at)."""
-    if cfg.eval.full_at == "all" or last:
-        return evaluate_model(model, tok, sets, cfg.eval, reference_truth_ratios=ref_tr)
-    return evaluate_es(model, tok, sets, cfg.eval)
+    es_only = cfg.eval.full_at == "ends" and not last
+    return evaluate_model(model, tok, sets, cfg.eval, reference_truth_ratios=ref_tr, es_only=es_only)
 
 
 def _step_of(ck) -> int:

@@ -31,16 +31,20 @@ def truth_ratios(nll_base: list[float], nll_pert: list[list[float]]) -> list[flo
     return [math.exp(b - float(np.mean(p))) for b, p in zip(nll_base, nll_pert)]
 
 
-def eval_set(model, tokenizer, name: str, rows: list[dict], cfg) -> dict:
-    """Every per-set number of SPEC §3 for one eval set."""
+def eval_set(model, tokenizer, name: str, rows: list[dict], cfg, answer_only: bool = False) -> dict:
+    """Every per-set number of SPEC §3 for one eval set; `answer_only`: the answer pass alone (ES, EM,
+    NLL: no paraphrased/perturbed passes, truth ratios or ROUGE)."""
     try:
-        tm = token_metrics(model, tokenizer, rows, batch_size=cfg.batch_size, es_floor=cfg.es_floor)
+        tm = token_metrics(model, tokenizer, rows, batch_size=cfg.batch_size, es_floor=cfg.es_floor,
+                           answer_only=answer_only)
     except DataError as e:
         raise DataError(f"eval set {name!r}: {e}") from None
     p = [math.exp(-v) for v in tm["nll"]]
     out = {"n": len(rows), "es": _mean(tm["es"]), "em": _mean(tm["em"]),
            "es_per": tm["es"], "em_per": tm["em"], "nll": tm["nll"], "prob_per": p,
            "truncated": tm["truncated"], "max_length": tm["max_length"]}
+    if answer_only:
+        return out
     is_qa_set = name in ("forget", "retain")
     pert = tm.get("nll_perturbed")
     if is_qa_set or pert is None:
@@ -110,21 +114,27 @@ def _canonical(name: str) -> str:
     raise UserError(f"unknown eval set {name!r}; known: {', '.join(SET_NAMES)} (or their *_perturbed split names)")
 
 
-def evaluate_model(model, tokenizer, eval_sets: dict, cfg, reference_truth_ratios=None) -> dict:
+def evaluate_model(model, tokenizer, eval_sets: dict, cfg, reference_truth_ratios=None, es_only: bool = False) -> dict:
     """All metrics of one model (SPEC §2-3). `reference_truth_ratios`: the reference (retain) model's
-    forget-set `truth_ratio_raw` list, or its whole metrics dict; None -> FQ is None."""
+    forget-set `truth_ratio_raw` list, or its whole metrics dict; None -> FQ is None. `es_only`: FS and
+    RS alone, one answer pass on the forget and retain sets (MU, FQ None; `es_only` True): the points
+    between a trajectory's end points under eval.full_at=ends."""
     sets = {}
     for name, rows in eval_sets.items():
         key = _canonical(name)
         if key in sets:
             raise UserError(f"eval sets {name!r} and another both map to {key!r}")
-        sets[key] = eval_set(model, tokenizer, key, rows, cfg)
+        if es_only and key not in ("forget", "retain"):
+            continue
+        sets[key] = eval_set(model, tokenizer, key, rows, cfg, answer_only=es_only)
     for need in ("forget", "retain"):
         if need not in sets:
             raise UserError(f"evaluate_model needs a {need!r} eval set; got {sorted(eval_sets)}")
     out = {"FS": 1.0 - sets["forget"]["es"], "RS": sets["retain"]["es"], "es_floor": cfg.es_floor,
            # rows cut to the model's context (answers longer than max_position_embeddings), per set
            "truncated": {k: v["truncated"] for k, v in sets.items()}}
+    if es_only:
+        return out | {"MU": None, "FQ": None, "log10_FQ": None, "es_only": True} | sets
     out["MU"], out["MU_sets"], out["MU_terms"], out["MU_note"] = model_utility(sets)
     out["FQ"], out["log10_FQ"] = None, None
     ref = reference_truth_ratios
@@ -136,27 +146,6 @@ def evaluate_model(model, tokenizer, eval_sets: dict, cfg, reference_truth_ratio
             raise UserError("Forget Quality needs paraphrased and perturbed answers in the forget eval set")
         out["FQ"], out["log10_FQ"] = forget_quality(mine, ref)
     out.update(sets)
-    return out
-
-
-def evaluate_es(model, tokenizer, eval_sets: dict, cfg) -> dict:
-    """FS and RS alone (SPEC §2): one pass per forget/retain answer, no FQ, MU or ROUGE; the points between
-    a trajectory's end points under eval.full_at=ends. MU and log10_FQ are None and `es_only` is True."""
-    out = {"FS": None, "RS": None, "MU": None, "FQ": None, "log10_FQ": None, "es_only": True, "es_floor": cfg.es_floor}
-    for name, rows in eval_sets.items():
-        key = _canonical(name)
-        if key not in ("forget", "retain"):
-            continue
-        try:
-            tm = token_metrics(model, tokenizer, rows, batch_size=cfg.batch_size, es_floor=cfg.es_floor, answer_only=True)
-        except DataError as e:
-            raise DataError(f"eval set {name!r}: {e}") from None
-        out[key] = {"n": len(rows), "es": _mean(tm["es"]), "em": _mean(tm["em"]), "es_per": tm["es"],
-                    "em_per": tm["em"], "nll": tm["nll"], "truncated": tm["truncated"]}
-    for need in ("forget", "retain"):
-        if need not in out:
-            raise UserError(f"evaluate_es needs a {need!r} eval set; got {sorted(eval_sets)}")
-    out["FS"], out["RS"] = 1.0 - out["forget"]["es"], out["retain"]["es"]
     return out
 
 
