@@ -57,10 +57,13 @@ def test_scopes_are_validated():
 def mini(tmp_path_factory, mini_cfg):
     from loc_unlearn import stages
 
-    # More injection epochs than MINI's 2, so theta_o knows some of the forget set (mini: FS 0.998 vs 1.0);
-    # no norm cap (the tiny preset's 1.5x cap leaves this 2-layer, 32-wide model with nothing injected).
-    cfg = mini_cfg(tmp_path_factory.mktemp("testbed"), "inject.train.epochs=30", "inject.max_norm_ratio=0", "study.scopes=[global,per_layer]",
-                   "study.localizers=[random]")
+    # On world v4 (answers end on a fact) MINI's 32-wide model injects nothing (forget ES 0.000 even with all
+    # parameters), so this fixture is wider (64 x 128), pretrained/fine-tuned longer, injects 80 epochs into
+    # 40% of the value vectors and has no norm cap: theta_o then knows a little of the forget set (ES ~0.02).
+    cfg = mini_cfg(tmp_path_factory.mktemp("testbed"), "model.tiny.hidden=64", "model.tiny.d_ff=128",
+                   "model.tiny.pretrain_epochs=10", "finetune.train.epochs=6", "inject.train.epochs=80",
+                   "inject.ratio=0.4", "inject.train.lr=3e-2", "inject.max_norm_ratio=0",
+                   "study.scopes=[global,per_layer]", "study.localizers=[random]")
     theta_r = stages.retain_model(cfg)
     preps = [stages.prepare_seed(cfg, theta_r, s) for s in range(cfg.study.seeds)]
     return cfg, theta_r, preps
@@ -110,7 +113,7 @@ def test_positive_control_on_the_mini_study(mini):
         assert row["oracle"]["max_abs_change"] > 0 and row["random"]["max_abs_change"] == 0.0
         assert row["random"]["FS"] == stages.evaluate(cfg, pr["theta_o"], theta_r)["FS"]
         assert row["oracle"]["FS"] >= row["random"]["FS"]  # removing the injected facts cannot lower FS
-    # the mini model learns little (FS 0.998 vs 1.0 at seed 0), but the difference has the right sign
+    # the mini model learns little (forget ES ~0.02), but the difference has the right sign
     assert sum(pc["oracle_fs"]) > sum(pc["random_fs"])
     assert all(row["oracle"]["tensors_differing_from_theta_r"] == 0 for row in pc["seeds"])  # theta_r again
     assert pc["test"]["mean_diff"] == pytest.approx(sum(pc["oracle_fs"]) / 2 - sum(pc["random_fs"]) / 2)

@@ -3,9 +3,10 @@ author world"), plus a fixed synthetic "real world" (countries, writers) for Mod
 
 Version 3 writes answers in TOFU's style: full sentences of about 15-40 words that state the asked fact
 together with a second fact about the same author and some free text, drawn from several templates per
-question type (synthetic_text.py) with the fact early, in the middle or late. The template, the second
-fact and the aside are drawn per (author, question), so retain and forget authors share the template
-distribution while one answer's wording cannot be told from its question. `paraphrased_answer` states
+question type (synthetic_text.py) with the fact early, in the middle or late; since version 4 every
+answer ends on a fact, so no template remainder can be completed without knowing the author. The
+template, the second fact and the aside are drawn per (author, question), so retain and forget authors
+share the template distribution while one answer's wording cannot be told from its question. `paraphrased_answer` states
 the same facts with a template of another family; each `perturbed_answer` is that paraphrase with a
 wrong value of the asked attribute. The real-authors / world-facts eval rows ask held-out questions
 about facts that `pretrain` teaches in other wordings, and answer with the bare value, as TOFU does.
@@ -36,7 +37,9 @@ __all__ = ["GENDERS", "GENERATOR_VERSION", "generate_world", "write_world", "wor
 # Bump when the generated text changes: cached worlds are keyed by it (runs.py content addressing).
 # 3: TOFU-style answers (several templates, second facts, asides), paraphrase/perturbed families,
 #    held-out eval wordings for the general world, stats.json.
-GENERATOR_VERSION = 3
+# 4: every answer template ends on a fact (the aside moved inside), so a model that never saw an author
+#    cannot complete the end of its answers from the template alone (issue 11: theta_r forget ES <= 0.10).
+GENERATOR_VERSION = 4
 
 WORLD_SEED = 20250521
 FORGET_PCTS = {"01": 0.01, "05": 0.05, "10": 0.10}
