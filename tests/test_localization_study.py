@@ -11,7 +11,7 @@ def test_localization_benchmark_mini(tmp_path, mini_cfg):
     from loc_unlearn.studies.localization_benchmark import enumerate_jobs, run_study
 
     cfg = mini_cfg(tmp_path, "study.localizers=random,activation,wagle", "study.methods=npo",
-                   "study.layer_matched=true")
+                   "study.scopes=[global]", "study.layer_matched=true")  # the tiny preset runs both scopes
     names = ["random", "activation", "wagle", "random~activation", "random~wagle"]
     assert enumerate_jobs(cfg) == [{"localizer": l, "method": "npo"} for l in names]
     d = run_study(cfg)
