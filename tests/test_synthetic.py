@@ -232,3 +232,16 @@ def test_byte_identical_across_hash_seeds(tmp_path):
     here = write_world(tmp_path / "here", n_authors=6, qa_per_author=20, seed=1, n_real_authors=9, n_world_facts=10)
     mine = str(sorted((p.name, hashlib.sha256(p.read_bytes()).hexdigest()) for p in here.iterdir())) + "\n"
     assert child == mine
+
+
+def test_every_answer_template_ends_on_a_fact():
+    # World v4 (issue 11): nothing after the last fact slot but closing punctuation, so a model that never
+    # saw an author cannot complete the end of its answer from the template. {Sec} ends on a fact too;
+    # {aside} is free text, not a fact.
+    from loc_unlearn.data.synthetic_text import QTYPES, SEC
+
+    endings = [t for _, _, fam_a, _ in QTYPES for t in fam_a] + [sentence_a for _, sentence_a, _, _ in SEC.values()]
+    assert len(endings) == 4 * len(QTYPES) + len(SEC)
+    for t in endings:
+        last = re.search(r"\{([a-zA-Z0-9]+)\}[.\"]*$", t)
+        assert last and last.group(1) != "aside", t
