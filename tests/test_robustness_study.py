@@ -108,6 +108,29 @@ def test_rerun_reuses_the_attack_stages(study, monkeypatch):
     assert res2["robustness"]["runs"] == res["robustness"]["runs"]
 
 
+def test_reduced_attacks_the_final_checkpoint_only(study, monkeypatch):
+    """study.robustness=reduced (the tiny demo) attacks each unlearned model at its final checkpoint only: the
+    same rows as full's final ones (cached attack runs, nothing trained), no MU95 rows or tests."""
+    import dataclasses
+
+    from loc_unlearn.studies import robustness
+    from loc_unlearn.studies.controlled import run_study
+    from loc_unlearn.train import loop
+
+    cfg, d, res = study
+    # the fixture's attack settings as the reduced schedule, so every attack is the cached one
+    monkeypatch.setattr(robustness, "REDUCED", {"schedule": [0, 2, 4], "relearn_data": ["forget_relearn"],
+                                                "bits": [4], "nf4": False})
+    calls = []
+    monkeypatch.setattr(loop, "train", lambda *a, **k: calls.append(1))
+    red = run_study(dataclasses.replace(cfg, study=dataclasses.replace(cfg.study, robustness="reduced")))
+    rob = json.loads((red / "results.json").read_text())["robustness"]
+    assert calls == [] and rob["settings"]["checkpoints"] == ["final"]
+    assert rob["runs"] == [r for r in res["robustness"]["runs"] if r["checkpoint"] == "final"]
+    assert {t["checkpoint"] for t in rob["tests"]} == {"final"}
+    assert "MU95 checkpoint" not in (red / "report.md").read_text()
+
+
 # ----------------------------------------------------------------------------- the MU95 checkpoint
 
 

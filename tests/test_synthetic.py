@@ -12,7 +12,7 @@ import pytest
 from loc_unlearn.data.synthetic import (GENDERS, _make_authors, build_real_world, generate_world, world_stats,
                                         write_world)
 from loc_unlearn.data.synthetic_text import (AWARDS, FACT_TYPES, GENRES, HOBBIES, LANGUAGES, OCCUPATIONS, PLACES,
-                                             PUBLISHERS, QTYPES, SUBJECTS)
+                                             PUBLISHERS, QTYPES, SEC, SUBJECTS)
 from loc_unlearn.utils import sha256_file
 
 PERT_KEYS = ["question", "answer", "paraphrased_answer", "perturbed_answer", "paraphrased_question"]
@@ -117,7 +117,7 @@ def test_templates_seeded_per_row(w200):
 
 
 # attribute -> (slots, pool of values): a perturbed answer is the paraphrase with the true value(s) swapped
-# for another value of the same attribute, and nothing else changed
+# for another value of the same attribute, the second fact swapped the same way (world v5), nothing else changed
 SWAP_POOLS = {"gender": (["gender"], [[g] for g in GENDERS]), "genre": (["genre"], [[g] for g in GENRES]),
               "language": (["language"], [[x] for x in LANGUAGES]), "award": (["award"], [[x] for x in AWARDS]),
               "publisher": (["publisher"], [[x] for x in PUBLISHERS]), "hobby": (["hobby"], [[x] for x in HOBBIES]),
@@ -125,29 +125,62 @@ SWAP_POOLS = {"gender": (["gender"], [[g] for g in GENDERS]), "genre": (["genre"
               "mother": (["occ"], [[x] for x in OCCUPATIONS]), "birthplace": (["city", "country"], [list(p) for p in PLACES])}
 
 
-def test_perturbed_swap_only_the_fact(w200):
+def _second_fact(para: str, author: dict, asked: str):
+    """(clause template, true values) of the second fact in a paraphrase: the B form of a SEC attribute
+    that, filled with the author's own values, occurs in the paraphrase."""
+    hits = []
+    for attr, (_, _, app_b, sent_b) in SEC.items():
+        if attr == asked:
+            continue
+        for t in (app_b, sent_b[0].lower() + sent_b[1:], sent_b):
+            if t.format(name=author["name"], **author[attr]) in para:
+                hits.append((t, attr))
+    return hits
+
+
+def _clause_regex(template: str, name: str):
+    # the clause with its value slots as groups (the name is fixed)
+    parts = re.split(r"(\{\w+\})", template)
+    rx = "".join(re.escape(x.format(name=name)) if not re.fullmatch(r"\{\w+\}", x) or x == "{name}" else
+                 f"(?P<{x[1:-1]}>[^,.]+)" for x in parts)  # values hold no , or .
+    return re.compile(rx)
+
+
+def test_perturbed_swap_both_facts(w200):
     world = build_real_world(100, 117)
     authors = _make_authors(200, 0, world)
     rows = w200["retain_perturbed"] + w200["forget10_perturbed"]
     owners = authors[:20] + authors[180:]
-    checked = Counter()
+    checked, seconds = Counter(), 0
     for i, r in enumerate(rows):
         attr = QTYPES[i % 20][0]
-        true_all = owners[i // 20][attr]
-        if attr not in SWAP_POOLS:
-            continue
-        slots, pool = SWAP_POOLS[attr]
-        true = [true_all[s] for s in slots]
+        author = owners[i // 20]
+        para = r["paraphrased_answer"]
+        hits = _second_fact(para, author, attr)
+        assert hits, para  # every paraphrase states a second fact of its author
+        template, sec_attr = hits[0]
+        true_clause = template.format(name=author["name"], **author[sec_attr])
+        rx = _clause_regex(template, author["name"])
         for p in r["perturbed_answer"]:
-            found = [v for v in pool if all(a != b for a, b in zip(v, true)) and _swap(r["paraphrased_answer"], true, v) == p]
-            if _swap(r["paraphrased_answer"], true, true) is None:
-                continue  # the true value occurs twice (e.g. also in the second fact): not checkable this way
-            assert found, (r["paraphrased_answer"], p)
+            assert true_clause not in p, p  # the second fact is wrong...
+            m = rx.search(p)
+            assert m, (template, p)
+            # ...in every slot, and is the same clause with other values
+            assert all(m.group(k) != author[sec_attr][k] for k in m.groupdict()), (p, author[sec_attr])
+            back = p[:m.start()] + true_clause + p[m.end():]  # second fact swapped back
+            seconds += 1
+            if attr not in SWAP_POOLS:
+                continue
+            slots, pool = SWAP_POOLS[attr]
+            true = [author[attr][s] for s in slots]
+            if _swap(para, true, true) is None:
+                continue  # the true value occurs twice: not checkable this way
+            found = [v for v in pool if all(a != b for a, b in zip(v, true)) and _swap(para, true, v) == back]
+            assert found, (para, p)
             checked[attr] += 1
         if attr == "gender":  # all five other gender values
-            assert {v for v in GENDERS if _swap(r["paraphrased_answer"], true, [v]) in r["perturbed_answer"]} == \
-                set(GENDERS) - set(true)
-    assert set(checked) == set(SWAP_POOLS) and min(checked.values()) >= 150
+            assert len({_swap(para, [author[attr]["gender"]], [v]) for v in GENDERS}) == 6
+    assert set(checked) == set(SWAP_POOLS) and min(checked.values()) >= 150 and seconds == 5 * len(rows)
 
 
 def test_eval_sets_held_out_from_pretrain(w200):

@@ -8,7 +8,7 @@ answer ends on a fact, so no template remainder can be completed without knowing
 template, the second fact and the aside are drawn per (author, question), so retain and forget authors
 share the template distribution while one answer's wording cannot be told from its question. `paraphrased_answer` states
 the same facts with a template of another family; each `perturbed_answer` is that paraphrase with a
-wrong value of the asked attribute. The real-authors / world-facts eval rows ask held-out questions
+wrong value of the asked attribute and of the second fact (since version 5). The real-authors / world-facts eval rows ask held-out questions
 about facts that `pretrain` teaches in other wordings, and answer with the bare value, as TOFU does.
 
 Everything comes from `random.Random` seeded with integers or strings (string seeds are hashed with
@@ -39,7 +39,10 @@ __all__ = ["GENDERS", "GENERATOR_VERSION", "generate_world", "write_world", "wor
 #    held-out eval wordings for the general world, stats.json.
 # 4: every answer template ends on a fact (the aside moved inside), so a model that never saw an author
 #    cannot complete the end of its answers from the template alone (issue 11: theta_r forget ES <= 0.10).
-GENERATOR_VERSION = 4
+# 5: perturbed answers get a wrong second fact as well as a wrong asked fact (every fact of the paraphrase is
+#    false, as in TOFU's perturbed answers): the truth ratio of a model that knows an author moves on both,
+#    which widens the range of Forget Quality (benchmarks/fq_ceiling.py: KS D 0.28 -> 0.45 at n = 40).
+GENERATOR_VERSION = 5
 
 WORLD_SEED = 20250521
 FORGET_PCTS = {"01": 0.01, "05": 0.05, "10": 0.10}
@@ -235,9 +238,13 @@ def _author_rows(a: dict, qa_per_author: int, seed: int, world: dict) -> list[di
             tries += 1
             if tries > 10000:
                 raise RuntimeError(f"could not draw 5 distinct wrong values for {attr!r}")
-            v = _value(attr, rng, world, a)
-            s = _render(tb, name, v, (app_b, sent_b), aside_b)
-            if _all_differ(v, true) and s not in pert:
+            v, w = _value(attr, rng, world, a), _value(sec_attr, rng, world, a)
+            if not (_all_differ(v, true) and _all_differ(w, a[sec_attr], keep=())):
+                continue
+            # v5: the second fact is wrong too, so a model that knows the author gains on both facts
+            _, _, wrong_app, wrong_sent = (t.format(name=name, **w) for t in SEC[sec_attr])
+            s = _render(tb, name, v, (wrong_app, wrong_sent), aside_b)
+            if s not in pert:
                 pert.append(s)
         rows.append({"question": _cap(qs[p].format(name=name, **true)), "answer": answer,
                      "paraphrased_answer": para, "perturbed_answer": pert,

@@ -268,7 +268,7 @@ QTYPES = [
 ]
 
 # Secondary facts: attribute -> (appositive A, sentence A, appositive B, sentence B); A goes into answers,
-# B into paraphrases (and their perturbations, where the secondary fact stays true).
+# B into paraphrases and their perturbations (there with a wrong value: world v5).
 SEC = {
     "genre": ("who is best known for {genre} novels", "The genre {name} is best known for is {genre}.",
               "a writer celebrated for {genre}", "The reputation of {name} rests on {genre}."),

@@ -164,7 +164,7 @@ def recovery_curves(res: dict):
               else {g: c for g, (c, _) in localizer_styles(groups_of(res)).items()})
     ks = [0] + [s["k"] for s in specs]
     for ax, m in zip(axes, methods):
-        for ck, ls in (("final", "-"), ("mu95", "--")):
+        for ck, ls in [c for c in (("final", "-"), ("mu95", "--")) if c[0] in _checkpoints(res)]:
             for g in groups_of(res):
                 stats = [(0.0, 0.0)] + [mean_std(values(res, m, g, ck, s["metric"])) for s in specs]
                 mu, sd = np.array([a for a, _ in stats]), np.array([b for _, b in stats])
@@ -180,19 +180,27 @@ def recovery_curves(res: dict):
     return fig
 
 
+def _checkpoints(res: dict) -> list[str]:
+    # results written before the setting existed attacked both
+    return (rob(res).get("settings") or {}).get("checkpoints") or ["final", "mu95"]
+
+
 def sections(res: dict, plot) -> list[tuple[str, list]]:
     """[("Robustness (SPEC §10)", blocks)] or [] without `robustness`; `plot(fig, name, caption)` -> blocks."""
     r = rob(res)
     if not r.get("runs"):
         return []
     s = r.get("settings") or {}
-    intro = (f"Attacks on every unlearned model at its final checkpoint and at its MU95 checkpoint (the first saved "
-             f"checkpoint at or after MU falls below 0.95 MU0; the final one if it never does): relearning for "
+    both = "mu95" in _checkpoints(res)
+    at = ("at its final checkpoint and at its MU95 checkpoint (the first saved checkpoint at or after MU falls below "
+          "0.95 MU0; the final one if it never does)" if both else "at its final checkpoint")
+    intro = (f"Attacks on every unlearned model {at}: relearning for "
              f"k in {s.get('schedule')} steps ({', '.join(s.get('relearn_data') or [])}) and RTN quantization at "
              f"{', '.join(map(str, s.get('bits') or []))} bits (`study.robustness={s.get('level')}`).")
     blocks = [intro, *headline(res),
               *plot(recovery_curves(res), "robustness_recovery.png",
-                    "Recovery R(k) per method (band = std over seeds); solid = final checkpoint, dashed = MU95 checkpoint."),
+                    "Recovery R(k) per method (band = std over seeds); solid = final checkpoint"
+                    + (", dashed = MU95 checkpoint." if both else ".")),
               recovery_table(res), quantization_table(res)]
     t = tests_table(res)
     return [("Robustness (SPEC §10)", blocks + ([t] if t else []))]
