@@ -59,18 +59,18 @@ def test_dry_run_exits_0_and_prints_every_section(dry_run):
 def test_readme_and_results_tables(gc, tmp_path):
     cpu = gc.parse_markdown_demo_table((ROOT / "README.md").read_text())
     assert set(cpu) == {"WGA", "NPO", "DPO", "RMU"} and all(len(v) == 6 for v in cpu.values())
-    # the README's NPO row (demo at c159554), as results.json holds it
-    res = {"tests": [{"method": "npo", "metric": "aues", "oracle_mean": 0.87362, "oracle_std": 0.012278,
-                      "random_mean": 0.85641, "random_std": 0.01088, "p_t": 0.17675},
-                     {"method": "npo", "metric": "mu95", "oracle_mean": -0.012281, "oracle_std": 0.021214,
-                      "random_mean": -0.0055226, "random_std": 0.0061564, "p_t": 0.53132}]}
+    # the README's NPO row (demo at d14da2d), as results.json holds it
+    res = {"tests": [{"method": "npo", "metric": "aues", "oracle_mean": 0.905931, "oracle_std": 0.024861,
+                      "random_mean": 0.897568, "random_std": 0.023438, "p_t": 0.018750},
+                     {"method": "npo", "metric": "mu95", "oracle_mean": -0.352329, "oracle_std": 0.385911,
+                      "random_mean": -0.568529, "random_std": 0.335218, "p_t": 0.599957}]}
     gpu = gc.demo_rows_from_results(res)
-    assert gpu == {"NPO": ["0.874 ± 0.012", "0.856 ± 0.011", "0.18", "-0.01 ± 0.02", "-0.01 ± 0.01", "0.53"]}
+    assert gpu == {"NPO": ["0.906 ± 0.025", "0.898 ± 0.023", "0.02", "-0.35 ± 0.39", "-0.57 ± 0.34", "0.60"]}
     assert gpu["NPO"] == cpu["NPO"]  # same format as the README's
     (tmp_path / "r.json").write_text(json.dumps(res))
     assert gc.load_cpu_table(str(tmp_path / "r.json"))[0] == gpu
     lines = gc.side_by_side(cpu, gpu, "GPU bf16")
-    assert "| NPO | GPU bf16 | 0.874 ± 0.012 |" in "\n".join(lines)
+    assert "| NPO | GPU bf16 | 0.906 ± 0.025 |" in "\n".join(lines)
     assert "| WGA | GPU bf16 | n/a |" in "\n".join(lines)
 
 
@@ -121,7 +121,7 @@ def test_demo_section_gpu_path_with_a_fake_demo(gc, tmp_path, monkeypatch):
 
     sec, text = _run_section(gc, tmp_path, monkeypatch, fake, "b", "demo")
     assert sec.status == "ok", text
-    assert "| WGA | CPU | 0.919 ± 0.027 |" in text and "| WGA | GPU bf16 | 0.500 ± 0.100 | 0.400 ± 0.100 | 0.30 |" in text
+    assert "| WGA | CPU | 0.937 ± 0.018 |" in text and "| WGA | GPU bf16 | 0.500 ± 0.100 | 0.400 ± 0.100 | 0.30 |" in text
     assert "seed 0 ES 1.00/0.90" in text and any("GPU bf16" in s for s in sec.summary)
 
 
