@@ -163,8 +163,9 @@ def recovery_curves(res: dict):
     styles = ({g: COLORS[g] for g in REGIONS} if res.get("study") == "controlled"
               else {g: c for g, (c, _) in localizer_styles(groups_of(res)).items()})
     ks = [0] + [s["k"] for s in specs]
+    lines = [(ck, ls) for ck, ls in (("final", "-"), ("mu95", "--")) if ck in _checkpoints(res)]
     for ax, m in zip(axes, methods):
-        for ck, ls in [c for c in (("final", "-"), ("mu95", "--")) if c[0] in _checkpoints(res)]:
+        for ck, ls in lines:
             for g in groups_of(res):
                 stats = [(0.0, 0.0)] + [mean_std(values(res, m, g, ck, s["metric"])) for s in specs]
                 mu, sd = np.array([a for a, _ in stats]), np.array([b for _, b in stats])
