@@ -54,3 +54,16 @@ def test_report_without_dir_gives_the_real_layout(capsys, tmp_path):
     assert main(["report", f"runs_dir={tmp_path}"]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path}/study-controlled/<hash>" in err and str(tmp_path / "study-controlled" / "abc123") in err
+
+
+def test_model_commands_list_the_device_key(capsys):
+    """The top-level `device` setting (issue 20) is listed by every command that loads a model, with its
+    choices; commands that load none (data generate) do not list it."""
+    for name in ("finetune", "evaluate", "localize", "unlearn", "trajectory"):
+        with pytest.raises(SystemExit):
+            main([*name.split(), "--help"])
+        out = capsys.readouterr().out
+        assert "device (auto|cpu|cuda, default 'auto'): Where every stage runs its models" in out, name
+    with pytest.raises(SystemExit):
+        main(["data", "generate", "--help"])
+    assert "device (" not in capsys.readouterr().out

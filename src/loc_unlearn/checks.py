@@ -31,3 +31,13 @@ def check_file(key: str, path: str) -> None:
         raise ConfigError(f"{key}={path}: {what}; expected a mask file (.safetensors, e.g. the mask.safetensors "
                           f"of a localize or inject run)")
 
+
+DEVICE_SETTINGS = ("auto", "cpu", "cuda")
+
+
+def check_device_setting(value) -> str:
+    """The top-level `device` setting: one of DEVICE_SETTINGS (config key `device`)."""
+    if value not in DEVICE_SETTINGS:
+        raise ConfigError(f"config key 'device': expected one of {', '.join(DEVICE_SETTINGS)} "
+                          f"(auto = cuda when a GPU is available, else cpu), got {value!r}")
+    return value

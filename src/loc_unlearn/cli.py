@@ -58,6 +58,10 @@ COMMANDS: dict[str, tuple[str, dict, str]] = {
                    {"init": "input_model", "checkpoints": "checkpoints", "reference": "eval.reference"},
                    "evaluate HF checkpoint folders as an unlearning trajectory (init = point 0): AUES, MU95"),
     "report": ("loc_unlearn.report:cmd_report", {}, "rebuild the report of a study run dir: report RUN_DIR"),
+    "plan": ("loc_unlearn.plan:cmd_plan", {"method": "unlearn.method"},
+             "per-GPU memory of every stage (weights, grads, optimizer, activations) on 1-8 GPUs under no "
+             "engine, DDP, FSDP2 and ZeRO-3, and which fit 40/80/141 GB GPUs; from the model config alone "
+             "(meta device, nothing downloaded); out=DIR writes plan.json and plan.md"),
 }
 
 # The config sections each command reads (its `--help` lists their keys); every command also reads the
@@ -78,8 +82,11 @@ SECTIONS: dict[str, list[str]] = {
     "attack relearn": _STAGES + ["attack"],
     "attack quantize": ["data", "model", "eval", "attack"],
     "report": [],
+    "plan": ["model", "finetune", "inject", "unlearn", "localize", "eval", "study"],
 }
 TOP_LEVEL = ["runs_dir", "input_model", "out", "preset"]
+# Top-level keys listed only by the commands that load a model (their sections include "model").
+MODEL_TOP_LEVEL = ["device"]
 
 
 def _keys_help(name: str) -> str:
@@ -88,12 +95,23 @@ def _keys_help(name: str) -> str:
     from .config_docs import describe_keys, field_docs
 
     docs = field_docs()["Config"]
-    rows = [(k, "str", repr(getattr(Config(), k)), docs.get(k, "").split(". ")[0]) for k in TOP_LEVEL]
+    top = TOP_LEVEL + (MODEL_TOP_LEVEL if "model" in SECTIONS.get(name, []) else [])
+    rows = [(k, _type_name(k), repr(getattr(Config(), k)), docs.get(k, "").split(". ")[0]) for k in top]
     for section in SECTIONS.get(name, []):
         rows += describe_keys(section)
     lines = ["config keys (key=value; defaults before presets, preset=tiny sets its own):"]
     lines += [f"  {k} ({t}, default {d}): {doc}" for k, t, d, doc in rows]
     return "\n".join(lines)
+
+
+def _type_name(key: str) -> str:
+    """A top-level key's type for --help: 'str', or the choices of a Literal ('auto|cpu|cuda')."""
+    import typing
+
+    from .config import Config, _hints
+
+    choices = typing.get_args(_hints(Config)[key])
+    return "|".join(choices) if choices else "str"
 
 
 def _group_usage(group: str) -> str:

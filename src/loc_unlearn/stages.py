@@ -38,7 +38,7 @@ from .runs import Run, cached, path_fingerprint, wait_for
 from .train.norm_cap import norm_cap
 from .train.objectives import hparams_from
 from .train import loop  # as a module: tests replace loop.train to prove a complete study trains nothing
-from .utils import fault_point, is_main_process, sha256_file, write_json_atomic
+from .utils import device_info, fault_point, is_main_process, place, sha256_file, write_json_atomic
 
 # ----------------------------------------------------------------------------- models
 
@@ -51,11 +51,14 @@ class ModelRef:
     run: Run | None = None
 
     def load(self, cfg: Config):
+        """(model, tokenizer), the model already on the device of `cfg.device` (utils.place): every stage
+        loads its models here, so all of them run where the one setting says."""
         m = cfg.model
         # The GGUF file name applies only to the configured base model itself.
         gguf = m.gguf_file if (m.gguf_file and self.path == m.path) else ""
-        return load_model(self.path, dtype=m.dtype, gguf_file=gguf, trust_remote_code=m.trust_remote_code,
-                          allow_pickle=m.allow_pickle)
+        model, tok = load_model(self.path, dtype=m.dtype, gguf_file=gguf, trust_remote_code=m.trust_remote_code,
+                                allow_pickle=m.allow_pickle)
+        return place(model, cfg.device), tok
 
 
 def _ref_from_run(run: Run) -> ModelRef:
@@ -86,13 +89,14 @@ def tiny_base(cfg: Config) -> Run:
         else:  # under several processes the main one builds the (seeded, identical) start model
             wait_for(init / "config.json")
         model, tok = load_model(str(init))
+        place(model, cfg.device)
         rows = load_split(str(world.path), "pretrain")
         tc = TrainConfig(lr=t.pretrain_lr, epochs=t.pretrain_epochs, batch_size=32, weight_decay=0.01,
                          warmup_epochs=1.0, checkpoint_every=0, max_length=min(128, t.max_positions), seed=t.seed)
-        loop.train(model, tok, rows, [], "learn", tc, p / "train")
+        model = loop.train(model, tok, rows, [], "learn", tc, p / "train", device=cfg.device).model
         if is_main_process():
             save_model(model, tok, p / "model")
-        return {"pretrain_rows": len(rows), **exact_match_rate(model, tok, rows, cfg)}
+        return {"pretrain_rows": len(rows), **exact_match_rate(model, tok, rows, cfg), **device_info(model)}
 
     return cached(cfg.runs_dir, "base", {"model": {"preset": "tiny", "tiny": asdict(t)}, "world": world.fingerprint},
                   build, collective=True)
@@ -142,11 +146,13 @@ def finetune(cfg: Config, base: ModelRef | None = None) -> ModelRef:
         model, tok = base.load(cfg)
         rows = data.rows(split)
         replay = _replay_rows(cfg, data)
-        res = loop.train(model, tok, rows + replay, [], "learn", cfg.finetune.train, p / "train")
+        res = loop.train(model, tok, rows + replay, [], "learn", cfg.finetune.train, p / "train", device=cfg.device)
+        model = res.model  # the same object unless a sharding engine (FSDP2, ZeRO-3) rebuilt it
         if is_main_process():
             save_model(model, tok, p / "model")
         out = {"split": split, "rows": len(rows), "replay_rows": len(replay),
-               "train_log": res.log[-1:] if res.log else [], **exact_match_rate(model, tok, rows, cfg)}
+               "train_log": res.log[-1:] if res.log else [], **exact_match_rate(model, tok, rows, cfg),
+               **device_info(model)}
         if replay:
             out["replay"] = exact_match_rate(model, tok, replay, cfg)
         if split == data.retain_split:  # theta_r: how much of the unseen forget set it reproduces anyway
@@ -185,7 +191,7 @@ def localize(cfg: Config, model: ModelRef, lcfg=None) -> Path:
                 mask.meta[k] = f"sha256:{fp}"
         mask.save(p / "mask.safetensors")
         return {"method": lcfg.method, "ratio": lcfg.ratio, "scope": lcfg.scope,
-                "per_layer_counts": mask.per_layer_counts()}
+                "per_layer_counts": mask.per_layer_counts(), **device_info(m)}
 
     # Paths in keys are replaced by content hashes: the same inputs share a run in any directory.
     key = {"localize": asdict(lcfg) | {"compare": [], "source_mask": "", "reference": path_fingerprint(lcfg.reference)},
@@ -211,8 +217,9 @@ def full_injection_es(cfg: Config, theta_r: ModelRef) -> float:
         model, tok = theta_r.load(cfg)
         forget = data.forget_rows()
         tc = dataclasses.replace(cfg.inject.train, lr=cfg.inject.full_lr or cfg.inject.train.lr)
-        loop.train(model, tok, forget, data.retain_rows(), "learn_reg", tc, p / "train", hparams={"alpha": cfg.inject.lam})
-        return exact_match_rate(model, tok, forget, cfg)
+        model = loop.train(model, tok, forget, data.retain_rows(), "learn_reg", tc, p / "train",
+                           hparams={"alpha": cfg.inject.lam}, device=cfg.device).model
+        return exact_match_rate(model, tok, forget, cfg) | device_info(model)
 
     key = {"inject": _inject_key(cfg, max_norm_ratio=0.0) | {"seed": None, "mask": ""}, "theta_r": theta_r.fingerprint,
            "data": data.fingerprint}
@@ -239,9 +246,10 @@ def inject(cfg: Config, theta_r: ModelRef, seed: int | None = None) -> ModelRef:
         before = norm_ratio(model, mask.mask)  # ~1 by construction: V_tgt is a random region of theta_r
         forget = data.forget_rows()
         t0 = time.time()
-        loop.train(model, tok, forget, data.retain_rows(), "learn_reg", cfg.inject.train, p / "train",
-                   mask=mask.mask, hparams={"alpha": cfg.inject.lam},
-                   post_step=norm_cap(cfg.inject.max_norm_ratio) if cfg.inject.max_norm_ratio else None)
+        model = loop.train(model, tok, forget, data.retain_rows(), "learn_reg", cfg.inject.train, p / "train",
+                           mask=mask.mask, hparams={"alpha": cfg.inject.lam},
+                           post_step=norm_cap(cfg.inject.max_norm_ratio) if cfg.inject.max_norm_ratio else None,
+                           device=cfg.device).model
         train_s = time.time() - t0
         if is_main_process():
             mask.save(p / "mask.safetensors")
@@ -250,7 +258,7 @@ def inject(cfg: Config, theta_r: ModelRef, seed: int | None = None) -> ModelRef:
         # SPEC §7 fidelity: V_tgt must not be findable by its norm alone (issue 11: ratio <= 1.5).
         return {"seed": seed, "forget_es": em["mean_es"], "exact_greedy": em["exact_greedy"],
                 "target_es": target, "reached": em["mean_es"] >= target, "train_s": round(train_s, 1),
-                "norm_ratio": {"theta_r": before, "theta_o": norm_ratio(model, mask.mask)}}
+                "norm_ratio": {"theta_r": before, "theta_o": norm_ratio(model, mask.mask)}, **device_info(model)}
 
     key = {"inject": _inject_key(cfg) | {"seed": seed, "mask": ""}, "mask": sha256_file(mask_path),
            "theta_r": theta_r.fingerprint, "data": data.fingerprint}
@@ -277,7 +285,8 @@ def evaluate(cfg: Config, model: ModelRef, reference: ModelRef | None = None, es
 
     def build(p: Path) -> dict:
         m, tok = model.load(cfg)
-        return evaluate_model(m, tok, data.eval_sets(), cfg.eval, reference_truth_ratios=ref_tr, es_only=es_only)
+        return evaluate_model(m, tok, data.eval_sets(), cfg.eval, reference_truth_ratios=ref_tr,
+                              es_only=es_only) | device_info(m)
 
     key = {"eval": eval_key(cfg), "model": model.fingerprint, "data": data.fingerprint,
            "reference": reference.fingerprint if reference and not es_only else ""} | ({"es_only": True} if es_only else {})
@@ -315,7 +324,8 @@ def unlearn(cfg: Config, model: ModelRef, mask_path: str | Path | None, referenc
         retain = data.retain_rows()
         hp = hparams_from(ucfg)
         res = loop.train(m, tok, forget, retain, ucfg.method, ucfg.train, p / "train", mask=mask, hparams=hp,
-                         idk=data.idk())
+                         idk=data.idk(), device=cfg.device)
+        m = res.model  # theta_K, merged (a new object only under a sharding engine)
         sets = data.eval_sets()
         points = [_point(0, m0)]
         if cfg.eval.curve == "mix":
@@ -344,7 +354,8 @@ def unlearn(cfg: Config, model: ModelRef, mask_path: str | Path | None, referenc
                                     mode=cfg.eval.mu95)
         return {"method": ucfg.method, "mask": str(mask_path or ""), "trajectory": points,
                 "aues": summ["aues"], "mu95": summ["mu95"], "mu95_not_reached": summ["mu95_not_reached"],
-                "train_truncated": res.truncated} | ({"mu95_note": summ["mu95_note"]} if summ["mu95_note"] else {})
+                "train_truncated": res.truncated, **device_info(m)} | (
+                    {"mu95_note": summ["mu95_note"]} if summ["mu95_note"] else {})
 
     key = {"unlearn": asdict(ucfg) | {"mask": ""}, "eval": eval_key(cfg) | {k: getattr(cfg.eval, k) for k in
                                                              ("curve", "envelope", "left_anchor", "mu95")},

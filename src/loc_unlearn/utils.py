@@ -158,8 +158,58 @@ def fault_point(name: str) -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# ----------------------------------------------------------------------------- the one device rule
+# Every stage that runs a model puts it on its device through `place` right after loading it (stages.py
+# ModelRef.load and the few loads outside it), so one setting (config key `device`) decides where all of
+# them run. `place` marks the model with the device it chose (PLACED_ATTR): tests/test_device.py records
+# every forward of a top-level model over the mini pipeline and fails on a model without the mark, i.e.
+# on a stage that loaded a model and ran it without going through here.
+
+PLACED_ATTR = "_loc_unlearn_placed_on"
+
+
+def resolve_device(setting: str = "auto") -> torch.device:
+    """The torch device of a `device` setting: 'auto' = cuda when torch.cuda.is_available(), else cpu;
+    'cpu'; 'cuda' (a ConfigError naming the key when no GPU is present, not a CUDA stack trace later).
+    Under several processes (accelerate launch / torchrun set LOCAL_RANK) cuda is this process's own GPU,
+    the one the training loop's accelerator uses too."""
+    from .checks import check_device_setting
+    from .errors import ConfigError
+
+    check_device_setting(setting)
+    if setting == "auto":
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("config key 'device' is 'cuda' but no CUDA device is available here "
+                          "(torch.cuda.is_available() is False); use device=auto (a GPU when there is one, "
+                          "else the CPU) or device=cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def place(model, setting: str = "auto"):
+    """Move `model` to the device of `setting` (resolve_device), in place, and mark it with that device
+    (PLACED_ATTR, read by `placed_device`). Returns the model. The dtype is left as loaded."""
+    dev = resolve_device(setting)
+    model.to(dev)
+    # A plain attribute (nn.Module keeps non-tensor attributes in __dict__): copy.deepcopy keeps it, so a
+    # copy of a placed model (the output fit's stitched model) counts as placed, on the same device.
+    setattr(model, PLACED_ATTR, str(dev))
+    return model
+
+
+def placed_device(model) -> str | None:
+    """The device `place` put `model` on ('cpu', 'cuda:0'), or None if it never went through `place`."""
+    return getattr(model, PLACED_ATTR, None)
+
+
+def device_info(model) -> dict:
+    """{"device": "cpu" | "cuda", "dtype": "float32" | "bfloat16" | ...} of `model`'s weights, for a run's
+    metrics: where the stage actually ran its model and in which precision (read from the parameters,
+    so it also holds after training moved the model)."""
+    p = next(model.parameters())
+    return {"device": p.device.type, "dtype": str(p.dtype).removeprefix("torch.")}
 
 
 @contextmanager

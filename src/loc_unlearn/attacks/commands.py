@@ -17,7 +17,7 @@ from ..commands import model_arg
 from ..config import Config, TrainConfig
 from ..errors import UserError
 from ..runs import cached
-from ..utils import default_device, world_size, write_json_atomic
+from ..utils import device_info, world_size, write_json_atomic
 
 
 def _model(cfg: Config, path: str):
@@ -82,21 +82,20 @@ def run_relearn(cfg: Config, model_ref=None) -> dict:
         save_probe_split(p / "split.json", relearn_idx, probe_idx, seed=a.seed, qa_per_author=g, forget_rows=forget)
         es_o = None
         if theta_o is not None:
-            mo, tok_o = theta_o.load(cfg)
-            mo.to(default_device())
+            mo, tok_o = theta_o.load(cfg)  # on cfg.device (ModelRef.load -> utils.place)
             es_o = probe_es(mo, tok_o, forget, probe_idx, cfg.eval.batch_size, cfg.eval.es_floor)
             del mo
+        # On cfg.device (ModelRef.load), where train(device=cfg.device) keeps it: k = 0 is measured there too.
         m, tok = model_ref.load(cfg)
-        m.to(default_device())  # where train() will put it anyway; k = 0 is measured there too
         out = {"model": model_ref.path, "theta_o": theta_o.path if theta_o else "", "es_o": es_o,
                "split": {"seed": a.seed, "qa_per_author": g, "n_relearn": len(relearn_idx), "n_probe": len(probe_idx)},
-               "variants": {}}
+               "variants": {}, **device_info(m)}
         for d in a.relearn_data:
             rows = attack_rows(d, forget, retain, relearn_idx, a.seed)
             out["variants"][d] = relearn_attack(
                 m, tok, rows, sets, probe_idx, out_dir=p / d, schedule=a.schedule, train_cfg=attack_train_config(cfg),
                 es_o=es_o, data=d, warmup_steps=a.warmup_steps, eval_batch_size=cfg.eval.batch_size,
-                es_floor=cfg.eval.es_floor, restore=True, keep_checkpoints=a.keep_checkpoints)
+                es_floor=cfg.eval.es_floor, restore=True, keep_checkpoints=a.keep_checkpoints, device=cfg.device)
         return out
 
     return cached(cfg.runs_dir, "attack_relearn", key, build).metrics()
@@ -140,11 +139,11 @@ def run_quantize(cfg: Config, model_ref=None) -> dict:
         sets = {"forget": sets["forget"], "retain": sets["retain"]}
         out = {"settings": settings, "models": {}}
         for name, ref in models.items():
-            m, tok = ref.load(cfg)
-            m.to(default_device())  # NF4 needs the GPU; RTN runs anywhere
+            m, tok = ref.load(cfg)  # on cfg.device (ModelRef.load): NF4 needs the GPU; RTN runs anywhere
             res = quantization_attack(m, tok, sets, bits=bits, group_size=a.group_size, symmetric=a.symmetric,
                                       include=a.include, batch_size=cfg.eval.batch_size, es_floor=cfg.eval.es_floor)
             out["models"][name] = {"path": ref.path, "results": res}
+            out |= device_info(m)  # every model is placed by the same setting: one device and dtype
             del m
         return out
 

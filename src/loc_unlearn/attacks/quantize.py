@@ -192,7 +192,8 @@ def quantize_model_nf4(model: nn.Module, blocksize: int = 64, include: Iterable[
     err = ref = 0.0
     for _, p, transposed in weights:
         if p.device.type != "cuda":
-            raise UserError("NF4 quantization: move the model to the GPU first (model.cuda())")
+            raise UserError(f"NF4 quantization: the model is on {p.device}, it needs the GPU (command line: "
+                            f"device=auto or device=cuda; Python: utils.place(model, 'cuda') first)")
         w = (p.data.T if transposed else p.data).contiguous()
         packed, state = bnbf.quantize_4bit(w, blocksize=blocksize, quant_type="nf4")
         wq = bnbf.dequantize_4bit(packed, state, quant_type="nf4").to(w.dtype).reshape(w.shape)

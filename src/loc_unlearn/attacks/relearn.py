@@ -186,7 +186,8 @@ def _measure(model, tokenizer, eval_sets, probe_idx, batch_size, es_floor) -> di
 def relearn_attack(model, tokenizer, train_rows, eval_sets: dict, probe_idx, *, out_dir,
                    schedule=(0, 5, 10, 25, 50), train_cfg: TrainConfig | None = None, es_o: float | None = None,
                    data: str = "forget_relearn", warmup_steps: int | None = None, eval_batch_size: int = 16,
-                   es_floor: str = "none", restore: bool = True, keep_checkpoints: bool = False) -> dict:
+                   es_floor: str = "none", restore: bool = True, keep_checkpoints: bool = False,
+                   device: str = "auto") -> dict:
     """Run the relearning attack (module docstring) on `model` and return a JSON-able dict (also written
     to `out_dir/relearn.json`).
 
@@ -199,7 +200,9 @@ def relearn_attack(model, tokenizer, train_rows, eval_sets: dict, probe_idx, *, 
     `restore`: put the given weights back afterwards (a CPU copy of the state dict is kept meanwhile);
     otherwise the model is left at k = max(schedule). The training checkpoints under `out_dir/train` (full
     models + optimizer state) are deleted as soon as the next segment no longer needs them, unless
-    `keep_checkpoints`. Every call starts a fresh attack (an old `out_dir/train` is removed).
+    `keep_checkpoints`. Every call starts a fresh attack (an old `out_dir/train` is removed). `device`: the
+    `device` setting the training segments run under (config key `device`; the caller places the model
+    there first, e.g. through stages.ModelRef.load, so k = 0 is measured on the same device).
 
     Result: data, schedule, es_o, es_u, gap (es_o - es_u), recovery_defined, n_train_rows, n_probe,
     steps_per_epoch, train (the recipe used), and `points`: per k {k, probe_es, probe_fs, forget_es,
@@ -231,7 +234,9 @@ def relearn_attack(model, tokenizer, train_rows, eval_sets: dict, probe_idx, *, 
             loss = None
             if k > 0:
                 res = train(model, tokenizer, train_rows, [], "learn", dataclasses.replace(cfg, max_steps=k),
-                            train_dir, mask=None, resume=True)
+                            train_dir, mask=None, resume=True, device=device)
+                # under a sharding engine the trained model is a new plain object (loop.TrainResult.model)
+                model = res.model
                 if res.log[-1]["step"] != k:
                     raise RuntimeError(f"relearn attack: training stopped at step {res.log[-1]['step']}, expected {k}")
                 loss = res.log[-1]["loss"]

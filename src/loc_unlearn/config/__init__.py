@@ -18,7 +18,8 @@ from typing import Literal
 
 import yaml
 
-from ..checks import check_at_least, check_file, check_fraction, check_positive  # noqa: F401  (re-exported)
+from ..checks import (check_at_least, check_device_setting, check_file, check_fraction,  # noqa: F401  (re-exported)
+                      check_positive)
 from ..errors import ConfigError
 from .coerce import _hints, apply_override, load_yaml, merge, to_dict  # noqa: F401  (re-exported)
 from .sections import (REGIONS, DataConfig, EvalConfig, FinetuneConfig, InjectConfig, LocalizeConfig,  # noqa: F401
@@ -116,6 +117,12 @@ class Config:
     """Name of the preset YAML applied before everything else (recorded for reference)."""
     runs_dir: str = "runs"
     """Where run directories, caches and reports go."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where every stage runs its models (training, evaluation, localization, output fit, attacks): 'auto' =
+    'cuda' when torch.cuda.is_available(), else 'cpu'; 'cpu' or 'cuda' force it ('cuda' without a GPU is an
+    error). Under `accelerate launch` / torchrun 'cuda' is each process's own GPU (LOCAL_RANK). Not part of
+    any run key: where a model ran does not name a different result (metrics.json records the device and
+    dtype each run used)."""
     input_model: str = ""
     """The model a command operates on (`model=` of evaluate/localize/inject/unlearn): a run directory,
     a model folder or a hub id. (`model.path` is the preset's base model instead.)"""
@@ -144,6 +151,9 @@ class Config:
 
     def validate(self) -> "Config":
         """Check every section's names and ranges before any work (ConfigError naming the key)."""
+        # Literal coercion checks `device` from YAML and key=value; this also catches Config(device=...)
+        # built in Python. Whether a GPU is present is checked where a model is placed (utils.place).
+        check_device_setting(self.device)
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)
             if hasattr(section, "validate"):

@@ -98,6 +98,12 @@ class ModelConfig:
     safetensors. Unpickling can run code, so they are refused unless you set this for files you trust."""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     """Architecture of the tiny preset."""
+    arch: dict = field(default_factory=dict)
+    """Architecture numbers of the base model, as transformers config keys (model_type, hidden_size,
+    intermediate_size, num_hidden_layers, num_attention_heads, num_key_value_heads, vocab_size,
+    tie_word_embeddings, ...), read only by `loc-unlearn plan` so a hub model is planned without a download;
+    empty = read the model folder's config.json (tiny: model.tiny; smol: its GGUF). It describes model.path
+    and is in no run key (the paper presets carry it)."""
 
 
 @dataclass

@@ -72,6 +72,18 @@ def down_projs(model: nn.Module) -> list[nn.Module]:
     return [layer.get_submodule(path) for layer in _layers(model)]
 
 
+def down_proj_slots(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent module, attribute name, down-projection module) of every layer: where a wrapper
+    (train/masked.MaskedDownProj) is registered in place of the down-projection."""
+    _, path, _ = _adapter(model)
+    out = []
+    for layer in _layers(model):
+        parent_path, _, attr = path.rpartition(".")
+        parent = layer.get_submodule(parent_path) if parent_path else layer
+        out.append((parent, attr, getattr(parent, attr)))
+    return out
+
+
 def down_proj_weight_param(model: nn.Module, layer: int) -> tuple[nn.Parameter, bool]:
     """(the down-proj weight Parameter of `layer`, transposed). transposed=True means it is stored
     `[d_ff, d]` (GPT-2), so value vector i is row i; otherwise `[d, d_ff]` and it is column i.

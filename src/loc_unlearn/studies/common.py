@@ -48,8 +48,14 @@ class Study:
 
 
 def study_key(cfg: Config, name: str) -> dict:
-    """A study's run key: the whole config (less where things are written) and the data."""
-    return {"study": name, "config": asdict(cfg) | {"runs_dir": "", "out": "", "input_model": ""},
+    """A study's run key: the whole config (less where things are written and where models run) and the data."""
+    # `device` is left out entirely (not blanked): where the models ran does not name another study, and
+    # a study keyed before the setting existed keeps its key (the demo's cached results stay valid).
+    config = {k: v for k, v in asdict(cfg).items() if k != "device"}
+    # model.arch (architecture numbers for `loc-unlearn plan`) describes model.path, which is in the key: left
+    # out too, so presets that carry it keep the study keys they had without it.
+    config["model"] = {k: v for k, v in config["model"].items() if k != "arch"}
+    return {"study": name, "config": config | {"runs_dir": "", "out": "", "input_model": ""},
             "data": stages.data_source(cfg).fingerprint}
 
 

@@ -28,7 +28,7 @@ from ..masks.mask import Mask
 from ..models.load import save_model
 from ..models.value_vectors import shape, value_matrix
 from ..runs import cached
-from ..utils import sha256_file
+from ..utils import device_info, sha256_file
 
 
 def reset_region(cfg: Config, theta_o: stages.ModelRef, theta_r: stages.ModelRef,
@@ -37,7 +37,7 @@ def reset_region(cfg: Config, theta_o: stages.ModelRef, theta_r: stages.ModelRef
     (`max_abs_change`, `tensors_differing_from_theta_r`, `same_as`: theta_r | theta_o | '')."""
 
     def build(p: Path) -> dict:
-        model, tok = theta_o.load(cfg)
+        model, tok = theta_o.load(cfg)  # both placed on cfg.device (ModelRef.load): compared column by column
         ref, _ = theta_r.load(cfg)
         mask = Mask.load(mask_path, expect_shape=shape(model)).mask
         change = 0.0
@@ -56,7 +56,8 @@ def reset_region(cfg: Config, theta_o: stages.ModelRef, theta_r: stages.ModelRef
         same = "theta_r" if differing == 0 else "theta_o" if change == 0.0 else ""
         if not same:
             save_model(model, tok, p / "model")
-        return {"max_abs_change": change, "tensors_differing_from_theta_r": int(differing), "same_as": same}
+        return {"max_abs_change": change, "tensors_differing_from_theta_r": int(differing), "same_as": same,
+                **device_info(model)}
 
     key = {"theta_o": theta_o.fingerprint, "theta_r": theta_r.fingerprint, "mask": sha256_file(mask_path)}
     run = cached(cfg.runs_dir, "control_reset", key, build)

@@ -14,7 +14,7 @@ from ..evaluate.tofu import evaluate_model
 from ..masks.mask import Mask
 from ..models.value_vectors import value_matrix
 from ..runs import cached
-from ..utils import save_safetensors_atomic, sha256_file
+from ..utils import device_info, save_safetensors_atomic, sha256_file
 
 
 def _fs_rs(model, tokenizer, data: stages.DataSource, cfg: Config) -> dict:
@@ -33,6 +33,7 @@ def run_output_fit(cfg: Config, theta_r: stages.ModelRef, prep: dict) -> dict:
     data = stages.data_source(cfg)
 
     def build(p: Path) -> dict:
+        # Both on cfg.device (ModelRef.load); the stitched model is a deepcopy of m_r, so it runs there too.
         m_o, tok = theta_o.load(cfg)
         m_r, _ = theta_r.load(cfg)
         tgt, reg = Mask.load(masks["oracle"]), Mask.load(masks["random"])
@@ -44,7 +45,7 @@ def run_output_fit(cfg: Config, theta_r: stages.ModelRef, prep: dict) -> dict:
                   for l in range(reg.mask.shape[0])}
         save_safetensors_atomic(deltas, p / "delta_R.safetensors")
         return {"seed": prep["seed"], "per_layer": per_layer, "stitched": _fs_rs(stitched, tok, data, cfg),
-                "theta_o": _fs_rs(m_o, tok, data, cfg), "theta_r": _fs_rs(m_r, tok, data, cfg)}
+                "theta_o": _fs_rs(m_o, tok, data, cfg), "theta_r": _fs_rs(m_r, tok, data, cfg), **device_info(m_o)}
 
     key = {"output_fit": True, "theta_o": theta_o.fingerprint, "theta_r": theta_r.fingerprint,
            "tgt": sha256_file(masks["oracle"]), "region": sha256_file(masks["random"]),

@@ -19,47 +19,30 @@ import torch
 from ..errors import CheckpointError
 from ..models.value_vectors import fingerprint, shape, value_matrix
 from ..utils import fault_point, log, save_safetensors_atomic, sha256_file, write_json_atomic
-from .masked import MaskedDelta
+from .masked import merge_columns
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)$")
 REF_LOGPS = "ref_logps.safetensors"
 
 
-def _opt_tensors(opt) -> tuple[dict, list]:
-    sd = opt.state_dict()
-    tensors = {f"state.{i}.{k}": v if torch.is_tensor(v) else torch.tensor(v)
-               for i, st in sd["state"].items() for k, v in st.items()}
-    return tensors, sd["param_groups"]
+def _weights_file(masked: bool) -> str:
+    return "delta.safetensors" if masked else "model.safetensors"
 
 
-def _load_opt(opt, tensors: dict, groups: list) -> None:
-    state: dict = {}
-    for name, t in tensors.items():
-        _, i, k = name.split(".", 2)
-        state.setdefault(int(i), {})[k] = t
-    opt.load_state_dict({"state": state, "param_groups": groups})
-
-
-def _weights_file(md: MaskedDelta) -> str:
-    return "delta.safetensors" if md.masked else "model.safetensors"
-
-
-def save_checkpoint(out_dir: Path, step: int, md: MaskedDelta, opt, state: dict) -> Path:
-    """Write `out_dir/ckpt-<step>` atomically (weights or deltas, optimizer, `state`, manifest)."""
+def save_checkpoint(out_dir: Path, step: int, weights: dict, masked: bool, model_fingerprint: dict,
+                    opt_tensors: dict, param_groups: list, state: dict) -> Path:
+    """Write `out_dir/ckpt-<step>` atomically: `weights` (gathered: a masked run's `idx.<l>`/`delta.<l>`,
+    or the whole model state), the optimizer's gathered tensors and param groups, `state`, a manifest."""
     final = out_dir / f"ckpt-{step}"
     tmp = out_dir / f".tmp-ckpt-{step}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model = md.model
-    meta = {"format": "masked_delta" if md.masked else "full", **{k: str(v) for k, v in fingerprint(model).items()}}
-    if md.masked:
-        save_safetensors_atomic(md.state_dict(), tmp / _weights_file(md), metadata=meta)
-    else:
-        # clone: tied weights share storage, which safetensors refuses to write
-        save_safetensors_atomic({k: v.detach().clone() for k, v in model.state_dict().items()},
-                                tmp / _weights_file(md), metadata=meta)
-    tensors, groups = _opt_tensors(opt)
-    save_safetensors_atomic(tensors, tmp / "optimizer.safetensors")
+    meta = {"format": "masked_delta" if masked else "full", **{k: str(v) for k, v in model_fingerprint.items()}}
+    # clone: tied weights share storage, which safetensors refuses to write
+    save_safetensors_atomic({k: v.detach().cpu().clone() for k, v in weights.items()}, tmp / _weights_file(masked),
+                            metadata=meta)
+    save_safetensors_atomic(opt_tensors, tmp / "optimizer.safetensors")
+    groups = param_groups
     fault_point("checkpoint_save")  # reliability tests: a kill here leaves only a .tmp-ckpt folder
     write_json_atomic(tmp / "trainer_state.json", {**state, "param_groups": groups})
     write_json_atomic(tmp / "manifest.json", {p.name: sha256_file(p) for p in sorted(tmp.iterdir())})
@@ -97,8 +80,10 @@ def last_checkpoint(out_dir: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def resume_latest(out_dir: Path, run_key: str, md: MaskedDelta, opt, device) -> tuple[Path, dict] | None:
-    """Load the newest intact checkpoint of `out_dir` into `md` and `opt`; returns (folder, trainer state)
+def resume_latest(out_dir: Path, run_key: str, masked: bool, load_weights, load_optimizer,
+                  device) -> tuple[Path, dict] | None:
+    """Load the newest intact checkpoint of `out_dir` through `load_weights(state)` and
+    `load_optimizer(tensors, param_groups)` (the loop's, engine-aware); returns (folder, trainer state)
     or None when there is none. Damaged ones are skipped; one written by another run (run_key) is refused."""
     from safetensors.torch import load_file
 
@@ -112,8 +97,8 @@ def resume_latest(out_dir: Path, run_key: str, md: MaskedDelta, opt, device) -> 
         if st.get("run_key") != run_key:
             raise CheckpointError(f"{ck} was written by a different run (objective, config, mask or data "
                                   f"differ); use another out_dir or delete {out_dir}")
-        md.load_state_dict(load_file(str(ck / _weights_file(md)), device=str(device)))
-        _load_opt(opt, load_file(str(ck / "optimizer.safetensors"), device=str(device)), st["param_groups"])
+        load_weights(load_file(str(ck / _weights_file(masked)), device=str(device)))
+        load_optimizer(load_file(str(ck / "optimizer.safetensors"), device=str(device)), st["param_groups"])
         return ck, st
     return None
 
@@ -149,8 +134,7 @@ def load_checkpoint(base_model, ckpt_dir) -> torch.nn.Module:
         sd = load_file(str(ckpt / "delta.safetensors"))
         for l in range(L):
             w = value_matrix(base_model, l)
-            idx, d = sd[f"idx.{l}"].to(w.device), sd[f"delta.{l}"].to(w.device)
-            w[:, idx] = (w[:, idx].float() + d.float()).to(w.dtype)
+            merge_columns(w, sd[f"idx.{l}"].to(w.device), sd[f"delta.{l}"].to(w.device))
     elif (ckpt / "model.safetensors").is_file():
         sd = load_file(str(ckpt / "model.safetensors"))
         try:

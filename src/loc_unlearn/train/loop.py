@@ -1,14 +1,19 @@
 """The training loop (SPEC §5, §6 "Applying a mask", §7 steps 1-3) on Hugging Face accelerate.
 
 One optimizer step = one GLOBAL batch of `cfg.batch_size` forget examples, split over processes (strided)
-and micro batches. Each micro batch adds `sum(per-example loss) / global batch` to the gradient, and the
-processes SUM their gradients with one all-reduce, so every split of the same global batch computes the
-same mean loss and gradient (up to float summation order). The model is not wrapped in DDP on purpose:
-the trainable tensors are MaskedDelta's deltas (not module parameters), RMU leaves later layers unused,
-and an explicit sum all-reduce makes the normalization exact without the x num_processes factor.
+and micro batches. The model and optimizer go through `accelerator.prepare`, so the launch's engine (none,
+DDP, FSDP2, DeepSpeed ZeRO-3; configs/accelerate/) distributes them, and the masked deltas are registered
+parameters (masked.MaskedDownProj) that every engine shards and synchronizes. Each micro batch backpropagates
+`sum(per-example loss) x num_processes / global batch` through `accelerator.backward`; the engines AVERAGE
+gradients over processes, so the result is the sum of per-example gradients / global batch: every split of
+the same global batch computes the same mean loss and gradient (up to float summation order). Every process
+runs the same number of micro batches (a process short of examples runs weight-0 ones), because under FSDP2
+and ZeRO-3 every forward and backward is a collective. Clipping is the engine's (`clip_grad_norm_`), and
+checkpoints and the final model come from the engine's gathered state (engine.py).
 
-Data order derives only from (seed, epoch) and dropout is reseeded from (seed, step, rank), so a run
-resumed from a checkpoint sees the same batches and ends bit-identical (CPU) to an uninterrupted one.
+Data order derives only from (seed, epoch), the same on every process, each taking its own strided part
+of every global batch; dropout is reseeded from (seed, step, rank), so a run resumed from a checkpoint
+sees the same batches and ends bit-identical (CPU) to an uninterrupted one.
 Checkpoint files are checkpoint.py's business.
 
 `train` is plan -> prepare -> resume -> steps -> finish. What an objective needs (retain pairs, IDK
@@ -30,11 +35,12 @@ import torch
 from ..config import TrainConfig
 from ..data.formatting import collate, context_length, encode_fit, encode_qa, pad_id
 from ..errors import CheckpointError, TrainingDiverged, UserError
-from ..models.value_vectors import shape
+from ..models.value_vectors import fingerprint, shape
 from ..utils import eval_mode, fault_point, log, progress, sha256_json
+from . import engine
 from .checkpoint import (checkpoints, last_checkpoint, load_checkpoint, load_ref_logps, resume_latest,
                          save_checkpoint, save_ref_logps)
-from .masked import MaskedDelta
+from .masked import MaskedDelta, merge_state
 from .objectives import OBJECTIVES, Context, Objective, resolve_hparams, sequence_logps
 
 __all__ = ["TrainResult", "load_checkpoint", "lr_at", "train"]
@@ -49,22 +55,16 @@ class TrainResult:
     truncated: dict = field(default_factory=dict)
     """Rows whose answer was cut to fit max_length (min of train.max_length and the model's
     max_position_embeddings), per data set (forget / retain); sets with none are left out."""
+    model: object = None
+    """The trained model (merged, eval mode, plain: unwrapped and unsharded). Without a sharding engine it is
+    the model passed in, trained in place; under FSDP2 / ZeRO-3 it is rebuilt from the gathered state and the
+    model passed in must not be used any more."""
+    engine: str = "none"
+    """The engine that ran it: none, ddp, fsdp2, deepspeed (engine.engine_name)."""
 
     @property
     def final(self) -> Path | None:
         return self.checkpoints[-1] if self.checkpoints else None
-
-
-def _accelerator(mixed_precision: str):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    cpu = not torch.cuda.is_available()
-    st = AcceleratorState._shared_state
-    # The state is a process-wide singleton; stages run several trainings with different precisions.
-    if st and st.get("_mixed_precision", mixed_precision) != mixed_precision:
-        AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
 def _gen(*keys: int) -> torch.Generator:
@@ -183,7 +183,13 @@ class _Run:
     snap: dict | None
     ctx: Context
     params: list
+    """The trainable parameters as the engine holds them (DTensors under FSDP2)."""
     opt: torch.optim.Optimizer
+    model: torch.nn.Module
+    """The model as prepared by the engine (DDP wrapper, FSDP2 module): what forwards and backwards go through."""
+    template: tuple
+    """(class, config, non-persistent buffers, generation config, fingerprint) of the start model, taken
+    before the engine shards it: enough to rebuild a plain model from the gathered state."""
     frozen: torch.nn.Module | None = None
     start: int = 0
     history: list[dict] = field(default_factory=list)
@@ -197,8 +203,14 @@ class _Run:
 
 def _prepare(model, plan: _Plan, mask, acc) -> _Run:
     obj, hp, cfg = plan.obj, plan.hp, plan.cfg
-    model.to(acc.device)
+    model.to(acc.device)  # acc.device is the device rule's (utils.resolve_device, engine.make_accelerator)
+    template = (type(model), model.config, engine.non_persistent_buffers(model),
+                getattr(model, "generation_config", None), fingerprint(model))
     md = MaskedDelta(model, None if mask is None else torch.as_tensor(mask).bool())
+    if md.masked and engine.sharded(acc) and md._transposed():
+        raise UserError(f"masked training under {engine.engine_name(acc)} needs a [d, d_ff] down-projection "
+                        f"(model_type {model.config.model_type} stores it transposed); run it without a "
+                        "sharding engine (no accelerate config, or DDP)")
     snap = md.snapshot() if md.masked else None
     frozen = reference = None
     if obj.needs_reference:
@@ -212,12 +224,28 @@ def _prepare(model, plan: _Plan, mask, acc) -> _Run:
     if not params:
         raise UserError("the mask selects no value vectors: nothing to train (check the mask file / ratio)")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0 if md.masked else cfg.weight_decay)
+    # The engine takes model and optimizer together: FSDP2 replaces the parameters by DTensor shards in
+    # place and points the optimizer at them, ZeRO-3 partitions both, DDP wraps the model.
+    wrapped, opt = acc.prepare(model, opt)
+    params = [p for g in opt.param_groups for p in g["params"]]
     return _Run(acc=acc, md=md, snap=snap, ctx=Context(hp=hp, reference=reference, rmu_target=target),
-                params=params, opt=opt, frozen=frozen)
+                params=params, opt=opt, model=wrapped, template=template, frozen=frozen)
+
+
+def _load_weights(run: _Run):
+    """How a checkpoint's weights go back into the run: deltas into the (possibly sharded) delta parameters,
+    or a full model state through the engine."""
+    def load(sd: dict) -> None:
+        if run.md.masked:
+            run.md.load_state_dict(sd)
+        else:
+            engine.load_full_state_dict(run.acc, run.model, sd)
+    return load
 
 
 def _resume(run: _Run, plan: _Plan, out_dir: Path) -> None:
-    got = resume_latest(out_dir, plan.key, run.md, run.opt, run.device)
+    got = resume_latest(out_dir, plan.key, run.md.masked, _load_weights(run),
+                        lambda t, g: engine.load_optimizer_tensors(run.opt, t, g), run.device)
     if got:
         ck, st = got
         run.start, run.history = st["step"], st["log"]
@@ -236,7 +264,7 @@ def _reference_logps(run: _Run, plan: _Plan, out_dir: Path) -> None:
                                   "without the start model's reference log-probs")
         run.ref_cache = cache
         return
-    model, m = run.md.model, plan.micro
+    model, m = run.model, plan.micro
     with eval_mode(model), run.acc.autocast():
         for name in plan.obj.ref_logp:
             it = plan.items[name]
@@ -263,39 +291,38 @@ def _gradients(run: _Run, plan: _Plan, step: int, perm, pairs) -> dict:
     j = step % plan.spe
     pos = torch.arange(j * cfg.batch_size, min(len(perm), (j + 1) * cfg.batch_size))
     b = len(pos)
-    mine, weight = pos[rank::P], 1.0
-    if len(mine) == 0:
-        # An epoch's last batch can be smaller than P, leaving this process no example. It still runs one
-        # (weighted 0), so its log keys and which parameters have gradients match the other processes'
-        # and every collective below pairs up (a mismatch hangs them).
-        mine, weight = pos[:1], 0.0
+    mine = pos[rank::P]  # the same global order on every process, each its own disjoint strided part
+    # Every process runs the same number of micro batches: under FSDP2 / ZeRO-3 each forward and backward
+    # is a collective. A process short of examples (an epoch's last batch smaller than P, or an uneven
+    # split) runs weight-0 ones, so its log keys and which parameters have gradients match the others'.
+    n_micro = math.ceil(math.ceil(b / P) / plan.micro)
     torch.manual_seed(_gen(cfg.seed, step, rank).initial_seed())  # dropout: same per step on resume
     lr = lr_at(step, cfg.lr, plan.warmup, plan.total)
     for g in run.opt.param_groups:
         g["lr"] = lr
     sums: dict[str, torch.Tensor] = {"loss": torch.zeros((), device=device)}
-    for s in range(0, len(mine), plan.micro):
-        p = mine[s:s + plan.micro]
+    for s in range(n_micro):
+        p, weight = mine[s * plan.micro:(s + 1) * plan.micro], 1.0
+        if len(p) == 0:
+            p, weight = pos[:1], 0.0
         ids = perm[p]
         batch = _micro_batch(plan, ids, pairs[p] if pairs is not None else None, device)
         run.ctx.ref_logp = {k: v[ids].to(device) for k, v in run.ref_cache.items()}
         with acc.autocast():
-            loss, logs = plan.obj(run.md.model, batch, run.ctx)
-        (loss.float().sum() * weight / b).backward()
+            loss, logs = plan.obj(run.model, batch, run.ctx)
+        # x P: the engine averages over processes; what we want is the sum over the global batch / b.
+        acc.backward(loss.float().sum() * (weight * P) / b)
         sums["loss"] = sums["loss"] + weight * loss.detach().float().sum()
         for k, v in logs.items():
             sums[k] = sums.get(k, torch.zeros((), device=device)) + weight * v.detach().float().sum()
     names = sorted(sums)
     stats = torch.stack([sums[k] for k in names])
     if P > 1:
-        torch.distributed.all_reduce(stats)
-        for q in run.params:
-            if q.grad is not None:
-                torch.distributed.all_reduce(q.grad)
+        stats = acc.reduce(stats, reduction="sum")
     stats = (stats / b).tolist()
     rec = {"step": step + 1, "epoch": (step + 1) / plan.spe, "lr": lr, "processes": P, **dict(zip(names, stats))}
-    gn = torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-    rec["grad_norm"] = float(gn)
+    gn = acc.clip_grad_norm_(run.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    rec["grad_norm"] = float(engine.full(gn)) if gn is not None else float("nan")
     return rec
 
 
@@ -308,10 +335,15 @@ def _diverged(run: _Run, plan: _Plan, rec: dict, out_dir: Path) -> TrainingDiver
 
 
 def _checkpoint(run: _Run, plan: _Plan, out_dir: Path, step: int) -> None:
+    # Gathering is a collective under a sharding engine: every process gathers, the main one writes.
+    weights = run.md.state_dict() if run.md.masked else engine.full_state_dict(run.acc, run.model)
+    opt_tensors, groups = engine.full_optimizer_tensors(run.opt)
     if run.acc.is_main_process:
-        run.written.append(save_checkpoint(out_dir, step, run.md, run.opt, {
-            "step": step, "epoch": step / plan.spe, "total_steps": plan.total, "run_key": plan.key,
-            "objective": plan.name, "hparams": plan.hp, "log": run.history}))
+        run.written.append(save_checkpoint(out_dir, step, weights, run.md.masked, run.template[4], opt_tensors,
+                                           groups, {"step": step, "epoch": step / plan.spe,
+                                                    "total_steps": plan.total, "run_key": plan.key,
+                                                    "objective": plan.name, "hparams": plan.hp,
+                                                    "engine": engine.engine_name(run.acc), "log": run.history}))
     run.acc.wait_for_everyone()
 
 
@@ -319,7 +351,7 @@ def _steps(run: _Run, plan: _Plan, out_dir: Path, post_step=None) -> None:
     cfg, N, R = plan.cfg, len(plan.items["forget"]), len(plan.items["retain"])
     quiet = not run.acc.is_main_process or os.environ.get("LOC_UNLEARN_QUIET") == "1"
     bar = progress(total=plan.total, initial=run.start, desc=f"train {plan.name}", disable=quiet)
-    run.md.model.train()
+    run.model.train()
     perm = pairs = None
     cur_epoch = -1
     for step in range(run.start, plan.total):
@@ -356,16 +388,29 @@ def _finish(run: _Run, plan: _Plan, out_dir: Path) -> TrainResult:
     result = [have[s] for s in sorted(plan.ckpt_steps) if s <= last_step and s in have]
     if last_step in have and have[last_step] not in result:
         result.append(have[last_step])
-    md, model = run.md, run.md.model
-    if md.masked:
-        md.merge()
-        md.check_unmasked_unchanged(run.snap)  # SPEC §6: nothing outside the mask changed, bit for bit
+    md, acc = run.md, run.acc
+    name = engine.engine_name(acc)
+    if engine.sharded(acc):
+        # The model passed in now holds shards: rebuild a plain one from the gathered state (every process).
+        state = engine.full_state_dict(acc, run.model)
+        if md.masked:
+            state = merge_state(state, md)
+            # SPEC §6 on the gathered weights: nothing outside the mask changed, bit for bit
+            md.check_unmasked_unchanged(run.snap, now={k: state[k] for k in run.snap if k in state})
+        cls, config, buffers, gen, _ = run.template
+        model = engine.plain_model(cls, config, state, buffers, gen, device=acc.device)
     else:
-        for q in model.parameters():
-            q.grad = None
+        model = acc.unwrap_model(run.model, keep_fp32_wrapper=False)
+        if md.masked:
+            md.merge()
+            md.check_unmasked_unchanged(run.snap)  # SPEC §6: nothing outside the mask changed, bit for bit
+        else:
+            for q in model.parameters():
+                q.grad = None
     run.frozen = run.ctx.reference = None
+    acc.free_memory()  # the accelerator singleton must not keep this run's model and optimizer alive
     model.eval()
-    return TrainResult(checkpoints=result, log=run.history, truncated=plan.truncated)
+    return TrainResult(checkpoints=result, log=run.history, truncated=plan.truncated, model=model, engine=name)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -373,14 +418,15 @@ def _finish(run: _Run, plan: _Plan, out_dir: Path) -> TrainResult:
 
 def train(model, tokenizer, forget_rows, retain_rows, objective: str, train_cfg: TrainConfig, out_dir,
           mask=None, hparams: dict | None = None, idk: list[str] | None = None, resume: bool = True,
-          post_step=None) -> TrainResult:
-    """Train `model` in place with `objective` on `forget_rows` (paired with `retain_rows`), updating only
-    the value vectors in `mask` [L, d_ff] (None = all parameters). Leaves the final weights in `model`
-    (merged, eval mode) and returns the checkpoints and the per-step log. `post_step(masked_delta)`, if
-    given, runs after every optimizer step (masked runs: it may change the deltas, nothing else). See the
-    module docstring."""
+          post_step=None, device: str = "auto") -> TrainResult:
+    """Train `model` with `objective` on `forget_rows` (paired with `retain_rows`), updating only the value
+    vectors in `mask` [L, d_ff] (None = all parameters), on the device of the `device` setting
+    (utils.resolve_device) under whatever engine the launch configured. Returns the checkpoints, the
+    per-step log and the final model (`.model`: merged, eval mode; the same object as `model`, trained in
+    place, unless a sharding engine ran it). `post_step(masked_delta)`, if given, runs after every
+    optimizer step (masked runs: it may change the deltas, nothing else). See the module docstring."""
     out_dir = Path(out_dir)
-    acc = _accelerator(train_cfg.mixed_precision)
+    acc = engine.make_accelerator(train_cfg.mixed_precision, device)
     plan = _plan(model, tokenizer, forget_rows, retain_rows, objective, train_cfg, mask, hparams, idk,
                  acc.num_processes)
     run = _prepare(model, plan, mask, acc)

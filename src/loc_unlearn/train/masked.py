@@ -17,7 +17,6 @@ Unmasked mode (mask=None) is plain fine-tuning: every parameter is trainable.
 from __future__ import annotations
 
 import hashlib
-import types
 from contextlib import contextmanager
 
 import torch
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MaskError
-from ..models.value_vectors import down_proj_weight_param, down_projs, shape, value_matrix
+from ..models.value_vectors import down_proj_slots, down_proj_weight_param, down_projs, shape, value_matrix
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -73,18 +72,87 @@ def _digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"").hexdigest()
 
 
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This process's part of `t`: the local shard of an FSDP2 DTensor, `t` itself otherwise.
+
+    FSDP2 shards every parameter on dim 0 with torch.chunk, so the delta [d, k] and its frozen weight
+    [d, d_ff] (not transposed) are split into the same rows on every rank: per-column arithmetic that is
+    elementwise over rows (weight decay) can run on the local shards as it is."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """The whole of `t`: an FSDP2 DTensor gathered from every rank (a collective: call it on all of them),
+    `t` itself otherwise."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+@torch.no_grad()
+def merge_columns(vm: torch.Tensor, idx: torch.Tensor, delta: torch.Tensor) -> None:
+    """vm[:, idx] += delta, in place, added in float32 and rounded once to vm's dtype: THE merge arithmetic
+    (MaskedDelta.merge, a sharded run's gathered state and load_checkpoint all use it, so they agree bit
+    for bit). `vm` is a [d, d_ff] value matrix (a view of the weight)."""
+    if len(idx):
+        vm[:, idx] = (vm[:, idx].float() + delta.float()).to(vm.dtype)
+
+
+def merge_state(state: dict[str, torch.Tensor], md: "MaskedDelta") -> dict[str, torch.Tensor]:
+    """A gathered model state with MaskedDownProj entries (`...down_proj.weight`, `.idx`, `.delta`) as a plain
+    model state: the deltas merged into their weights' masked columns, the `.idx`/`.delta` entries dropped."""
+    out = {k: v for k, v in state.items() if not k.endswith((".delta", ".idx"))}
+    tr = md._transposed()
+    for l, name in md._down_names():
+        prefix = name[:-len("weight")]
+        w = out[name].clone()
+        merge_columns(w.T if tr else w, state[prefix + "idx"].to(w.device), state[prefix + "delta"].to(w.device))
+        out[name] = w
+    return out
+
+
+class MaskedDownProj(nn.Module):
+    """A down-projection whose masked columns train through a float32 delta (PEFT's wrapped-module pattern).
+
+    Registered in place of the layer's down-projection, so every engine (DDP, FSDP2, ZeRO-3) sees, shards,
+    gathers and synchronizes `delta` like any parameter. It holds the frozen `weight` (the same Parameter
+    object the original module had, so state-dict names do not change: `...down_proj.weight`), the masked
+    column indices `idx` as a buffer and `delta [d, k]`. Its own forward uses its own parameters, which is
+    what ZeRO-3's per-module gather hooks expect (no access to a child's weight from the parent).
+    """
+
+    def __init__(self, base: nn.Module, idx: torch.Tensor, transposed: bool):
+        super().__init__()
+        self.weight = base.weight  # frozen; [d, d_ff] or, transposed (GPT-2 Conv1D), [d_ff, d]
+        self.bias = getattr(base, "bias", None)
+        self.transposed = transposed
+        self.register_buffer("idx", idx.to(base.weight.device, torch.long))
+        d = base.weight.shape[1] if transposed else base.weight.shape[0]
+        self.delta = nn.Parameter(torch.zeros(d, len(idx), device=base.weight.device, dtype=torch.float32))
+        self.enabled = True  # False: the start model (reference forwards without a second copy)
+
+    def value_matrix(self) -> torch.Tensor:
+        return self.weight.T if self.transposed else self.weight
+
+    def forward(self, x):
+        w = self.value_matrix()
+        if not self.enabled or self.idx.numel() == 0:
+            return F.linear(x, w, self.bias)
+        return _MaskedLinear.apply(x, w, self.bias, self.idx, self.delta)
+
+
 class MaskedDelta:
     """Restrict training of `model` to the masked value vectors (mask [L, d_ff] bool), or, with
-    mask=None, make every parameter trainable (plain fine-tuning). See the module docstring."""
+    mask=None, make every parameter trainable (plain fine-tuning). See the module docstring.
+
+    Masked: each layer's down-projection is replaced by a `MaskedDownProj` (registered on the layer, so
+    engines see its delta) until `merge()` folds the deltas into the weights and puts the original modules
+    back. `deltas`/`idx` always read the modules, so they follow an engine that swaps parameters (FSDP2
+    turns them into DTensors in place)."""
 
     def __init__(self, model: nn.Module, mask: torch.Tensor | None):
         self.model = model
         self.mask = None if mask is None else torch.as_tensor(mask).bool().cpu()
-        self.idx: list[torch.Tensor] = []
-        self.deltas: list[nn.Parameter] = []
-        self._mods: list[nn.Module] = []
-        self._w: list[tuple[nn.Parameter, bool]] = []
-        self._enabled = True
+        self._mods: list[MaskedDownProj] = []
+        self._orig: list[tuple[nn.Module, str, nn.Module]] = []  # (parent, attribute, original module)
         self.merged = False
         if self.mask is None:
             for p in model.parameters():
@@ -96,37 +164,28 @@ class MaskedDelta:
                             f"({model.config.model_type}) needs [L, d_ff] = [{L}, {d_ff}]")
         for p in model.parameters():
             p.requires_grad_(False)
-        for l, mod in enumerate(down_projs(model)):
-            # looked up once: the adapter walks every layer, too slow to call inside each forward
-            self._w.append(down_proj_weight_param(model, l))
-            w = self._vm(l)
-            idx = self.mask[l].nonzero().flatten().to(w.device)
-            delta = nn.Parameter(torch.zeros(w.shape[0], len(idx), device=w.device, dtype=torch.float32))
-            self.idx.append(idx)
-            self.deltas.append(delta)
-            self._mods.append(mod)
-            if len(idx):
-                mod.forward = types.MethodType(self._make_forward(l), mod)
+        transposed = down_proj_weight_param(model, 0)[1]
+        for l, (parent, attr, mod) in enumerate(down_proj_slots(model)):
+            wrapped = MaskedDownProj(mod, self.mask[l].nonzero().flatten(), transposed)
+            setattr(parent, attr, wrapped)
+            self._mods.append(wrapped)
+            self._orig.append((parent, attr, mod))
+
+    @property
+    def deltas(self) -> list[nn.Parameter]:
+        return [m.delta for m in self._mods]
+
+    @property
+    def idx(self) -> list[torch.Tensor]:
+        return [m.idx for m in self._mods]
 
     def _vm(self, l: int) -> torch.Tensor:
         """W_down of layer l as [d, d_ff] (a view of the weight)."""
-        w, transposed = self._w[l]
-        return w.T if transposed else w
+        return self._mods[l].value_matrix()
 
     @property
     def masked(self) -> bool:
         return self.mask is not None
-
-    def _make_forward(self, l: int):
-        md = self
-
-        def forward(mod, x):
-            w = md._vm(l)
-            bias = getattr(mod, "bias", None)
-            if not md._enabled:  # the start model: plain weights
-                return F.linear(x, w, bias)
-            return _MaskedLinear.apply(x, w, bias, md.idx[l], md.deltas[l])
-        return forward
 
     # ------------------------------------------------------------------ optimizer side
     def parameters(self) -> list[nn.Parameter]:
@@ -145,8 +204,10 @@ class MaskedDelta:
             return
         for l, d in enumerate(self.deltas):
             if d.numel() and d.grad is not None:
-                w0 = self._vm(l)[:, self.idx[l]].float()
-                d.sub_(lr * weight_decay * (w0 + d))
+                # local shards: rows of the delta and of its weight are split alike (see `local`)
+                dl = local(d)
+                w0 = local(self._vm(l))[:, self.idx[l]].float()
+                dl.sub_(lr * weight_decay * (w0 + dl))
 
     # ------------------------------------------------------------------ reference model
     @contextmanager
@@ -155,21 +216,26 @@ class MaskedDelta:
         if not self.masked or self.merged:
             raise RuntimeError("MaskedDelta.disabled() needs an unmerged mask: in unmasked mode the weights themselves "
                                "change, so the start model needs a frozen copy")
-        prev, self._enabled = self._enabled, False
+        prev = [m.enabled for m in self._mods]
+        for m in self._mods:
+            m.enabled = False
         try:
             yield self.model
         finally:
-            self._enabled = prev
+            for m, e in zip(self._mods, prev):
+                m.enabled = e
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Masked: per layer `idx.<l>` (int64) and `delta.<l>` (float32). Unmasked: the model's weights."""
+        """Masked: per layer `idx.<l>` (int64) and `delta.<l>` (float32), gathered in full (a collective
+        under a sharding engine: call it on every process). Unmasked: the model's weights (single process;
+        the loop gathers sharded models through the engine, engine.full_state_dict)."""
         if not self.masked:
             return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         sd = {}
         for l, (i, d) in enumerate(zip(self.idx, self.deltas)):
             sd[f"idx.{l}"] = i.detach().cpu().clone()
-            sd[f"delta.{l}"] = d.detach().cpu().clone()
+            sd[f"delta.{l}"] = full(d).detach().cpu().clone()
         return sd
 
     @torch.no_grad()
@@ -181,7 +247,11 @@ class MaskedDelta:
             if f"idx.{l}" not in sd or not torch.equal(sd[f"idx.{l}"].to(i.device), i):
                 raise MaskError(f"checkpoint delta for layer {l} was trained on a different mask "
                                 f"(idx.{l} differs or is missing)")
-            d.copy_(sd[f"delta.{l}"])
+            src = sd[f"delta.{l}"].to(local(d).device, d.dtype)
+            if hasattr(d, "to_local"):  # FSDP2: this rank's rows of the full delta
+                from torch.distributed.tensor import distribute_tensor
+                src = distribute_tensor(src, d.device_mesh, d.placements).to_local()
+            local(d).copy_(src)
 
     # ------------------------------------------------------------------ finishing
     @torch.no_grad()
@@ -189,14 +259,21 @@ class MaskedDelta:
         """Fold the deltas into the plain weights (only the masked columns are written), restore the
         original module forwards and requires_grad. Returns the model."""
         if self.masked and not self.merged:
-            for l, mod in enumerate(self._mods):
-                if len(self.idx[l]):
-                    w = self._vm(l)
-                    w[:, self.idx[l]] = (w[:, self.idx[l]].float() + self.deltas[l].float()).to(w.dtype)
-                    del mod.forward  # drop the instance attribute: the class forward is back
+            for l in range(len(self._mods)):
+                merge_columns(self._vm(l), self.idx[l], self.deltas[l])
+            self.restore()
+        return self.model
+
+    def restore(self) -> None:
+        """Put the original down-projection modules back (their weights are the wrappers' weights) and
+        make every parameter trainable again. merge() calls it; so does a sharded run, whose merged
+        weights come from the gathered state instead."""
+        if self.masked and not self.merged:
+            for parent, attr, mod in self._orig:
+                setattr(parent, attr, mod)
             for p in self.model.parameters():
                 p.requires_grad_(True)
-            self._mods, self.merged = [], True  # self.mask stays: check_unmasked_unchanged needs it
+            self._mods, self._orig, self.merged = [], [], True  # self.mask stays: check_unmasked_unchanged needs it
         return self.model
 
     def snapshot(self) -> dict:
@@ -204,36 +281,37 @@ class MaskedDelta:
         columns, every other parameter whole. Cheap to keep (no weight copy); see check_unmasked_unchanged."""
         return self._fingerprints(self.mask)
 
-    def _fingerprints(self, mask) -> dict:
-        dp = {id(m.weight): l for l, m in enumerate(down_projs(self.model))} if mask is not None else {}
+    def _named(self) -> dict[str, torch.Tensor]:
+        """The model's parameters by name, without the deltas (they are the trainable part, not the model)."""
+        deltas = {id(d) for d in self.deltas}
+        return {n: p for n, p in self.model.named_parameters(remove_duplicate=False) if id(p) not in deltas}
+
+    def _fingerprints(self, mask, tensors: dict | None = None) -> dict:
+        """Digests of `tensors` ({name: full tensor}; default: the model's own parameters)."""
+        tensors = self._named() if tensors is None else tensors
+        dp = dict((n, l) for l, n in self._down_names()) if mask is not None else {}
+        tr = self._transposed()
         out = {}
-        for name, p in self.model.named_parameters(remove_duplicate=False):
-            if id(p) in dp:
-                l = dp[id(p)]
-                out[name] = _digest(value_matrix(self.model, l)[:, ~mask[l].to(p.device)])
+        for name, t in tensors.items():
+            if name in dp:
+                l = dp[name]
+                vm = t.T if tr else t
+                out[name] = _digest(vm[:, ~mask[l].to(t.device)])
             else:
-                out[name] = _digest(p)
+                out[name] = _digest(t)
         return out
 
-    def check_unmasked_unchanged(self, original, mask: torch.Tensor | None = None) -> None:
+    def check_unmasked_unchanged(self, original, mask: torch.Tensor | None = None, now: dict | None = None) -> None:
         """Assert every unmasked entry (and every non-down-proj parameter) is bit-identical to
-        `original`: a `snapshot()` dict, or a {name: tensor} state dict of the start model.
-        Works before and after `merge()`."""
+        `original`: a `snapshot()` dict, or a {name: tensor} state dict of the start model. `now`: the
+        weights to check ({name: tensor}, e.g. the gathered state of a sharded run); default the model's
+        own. Works before and after `merge()`."""
         mask = self.mask if mask is None else torch.as_tensor(mask).bool()
         if mask is None:
             raise RuntimeError("check_unmasked_unchanged: no mask (unmasked training changes everything)")
-        now = self._fingerprints(mask)
+        now = self._fingerprints(mask, now)
         if original and isinstance(next(iter(original.values())), torch.Tensor):
-            dp = {n: l for l, n in self._down_names()}
-            tr = self._transposed()
-            ref = {}
-            for name, t in original.items():
-                if name in dp:
-                    t = t.T if tr else t
-                    ref[name] = _digest(t[:, ~mask[dp[name]].to(t.device)])
-                else:
-                    ref[name] = _digest(t)
-            original = ref
+            original = self._fingerprints(mask, original)
         bad = [n for n in now if n in original and now[n] != original[n]]
         missing = [n for n in now if n not in original]
         if bad or missing:
@@ -241,10 +319,12 @@ class MaskedDelta:
                                  f"{bad[:5]}{' ...' if len(bad) > 5 else ''}; not in the snapshot: {missing[:5]}")
 
     def _down_names(self):
-        ids = {id(m.weight): l for l, m in enumerate(down_projs(self.model))}
-        return [(l, n) for n, p in self.model.named_parameters(remove_duplicate=False)
-                for l in [ids.get(id(p))] if l is not None]
+        """(layer, parameter name) of every down-proj weight; the names are the same wrapped or not."""
+        if getattr(self, "_names_cache", None) is None:
+            ids = {id(m.weight): l for l, m in enumerate(down_projs(self.model))}
+            self._names_cache = [(l, n) for n, p in self.model.named_parameters(remove_duplicate=False)
+                                 for l in [ids.get(id(p))] if l is not None]
+        return self._names_cache
 
     def _transposed(self) -> bool:
-        w = down_projs(self.model)[0].weight
-        return w.shape != value_matrix(self.model, 0).shape
+        return down_proj_weight_param(self.model, 0)[1]

@@ -26,6 +26,9 @@ def _load_reference(path: str, model):
     from ...models.load import load_model
 
     dtype = _DTYPE_NAMES.get(value_matrix(model, 0).dtype, "float32")
+    # Not placed on the `device` setting (utils.place) on purpose: the reference never runs a forward,
+    # only its W_down columns are read (and moved to the CPU for the norms anyway), so it stays on the CPU
+    # and leaves the GPU's memory to the scored model.
     ref, _ = load_model(path, dtype=dtype)
     return ref
 
