@@ -1,11 +1,13 @@
 """Worker for test_engines.py: the same masked NPO unlearning run and the same full fine-tuning run, under
 1 process or under `accelerate launch` with 2 gloo processes (DDP or FSDP2, by the launch config).
-Usage: python engine_worker.py OUT_DIR EXPECTED_NUM_PROCESSES
+Usage: python engine_worker.py OUT_DIR EXPECTED_NUM_PROCESSES [KINDS]  (KINDS: comma-separated of masked,
+masked_nowd, full; default masked,full. DeepSpeed runs masked_nowd: it refuses masked weight decay.)
 Each process writes rank<r>.json (its local parameter bytes during training, and which examples it drew
 at every step); the main one writes result.json (losses, metrics), the final weights and saved models.
 `import helpers` needs no path edit: a script's own folder (tests/) is first on its sys.path."""
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,7 +24,8 @@ from helpers import IDK, make_rows, make_tok, tiny_lm
 
 out, expect = Path(sys.argv[1]), int(sys.argv[2])
 torch.set_num_threads(1)
-state = PartialState(cpu=True)  # gloo on CPU, as the loop's accelerator will be
+# gloo on CPU, as the loop's accelerator will be (DeepSpeed: its own CPU accelerator, also gloo)
+state = PartialState(cpu=True) if "deepspeed" not in sys.argv[1] else PartialState(backend="gloo")
 assert state.num_processes == expect, f"expected {expect} processes, got {state.num_processes}"
 tok = make_tok()
 forget, retain = make_rows(9), make_rows(9, 5)
@@ -51,20 +54,43 @@ loop._micro_batch, loop._gradients = recording_micro_batch, recording_gradients
 
 
 def local_bytes(model) -> tuple[int, int]:
-    """(bytes of this process's parameter shards, bytes of the whole parameters)."""
-    mine = sum(local(p).numel() * local(p).element_size() for p in model.parameters())
-    whole = sum(p.numel() * p.element_size() for p in model.parameters())
+    """(bytes of this process's parameter shards, bytes of the whole parameters): FSDP2 DTensors' local
+    shards, ZeRO-3's partitions (ds_tensor; the parameter itself is empty outside forward)."""
+    mine = whole = 0
+    for p in model.parameters():
+        if hasattr(p, "ds_tensor"):
+            mine += p.ds_tensor.numel() * p.ds_tensor.element_size()
+            whole += p.ds_numel * p.ds_tensor.element_size()
+        else:
+            mine += local(p).numel() * local(p).element_size()
+            whole += p.numel() * p.element_size()
     return mine, whole
+
+
+# Parameter bytes while training: measured when the steps start (after the engine's prepare).
+seen: list = []
+_orig_steps = loop._steps
+
+
+def recording_steps(run, plan, out_dir, post_step=None):
+    seen.append(local_bytes(run.model))
+    return _orig_steps(run, plan, out_dir, post_step)
+
+
+loop._steps = recording_steps
 
 
 report = {"rank": state.process_index}
 result = {"num_processes": state.num_processes}
-for kind, objective, m in (("masked", "npo", mask), ("full", "learn", None)):
+RUNS = {"masked": ("npo", mask, CFG), "masked_nowd": ("npo", mask, replace(CFG, weight_decay=0.0)),
+        "full": ("learn", None, CFG)}
+kinds = sys.argv[3].split(",") if len(sys.argv) > 3 else ["masked", "full"]
+for kind in kinds:
+    objective, m, cfg = RUNS[kind]
     model = tiny_lm(tok, L=2)
-    seen = []
+    seen.clear()
     drawn.clear()
-    res = loop.train(model, tok, forget, retain, objective, CFG, out / kind, mask=m, idk=IDK,
-                     post_step=lambda md: seen.append(local_bytes(md.model)), device="cpu")
+    res = loop.train(model, tok, forget, retain, objective, cfg, out / kind, mask=m, idk=IDK, device="cpu")
     final = res.model
     report[kind] = {"bytes": seen[-1], "drawn": list(drawn), "engine": res.engine}
     tm = token_metrics(final, tok, forget)

@@ -34,21 +34,42 @@ def make_accelerator(mixed_precision: str, device: str = "auto"):
     """An Accelerator for one training run on the device the `device` setting resolves to."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedDataParallelKwargs
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     from ..utils import resolve_device
 
     dev = resolve_device(device)
-    st = AcceleratorState._shared_state
-    if st and (st.get("_mixed_precision", mixed_precision) != mixed_precision
-               or (st.get("_cpu") is not None and st.get("_cpu") != (dev.type == "cpu"))):
-        AcceleratorState._reset_state()
+    cpu = dev.type == "cpu"
     # RMU's loss ends at its steering layer, so the deltas of later layers get no gradient: DDP must
     # expect unused parameters (one extra graph walk per step; FSDP2 and ZeRO-3 need nothing).
-    acc = Accelerator(mixed_precision=mixed_precision, cpu=dev.type == "cpu",
-                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
+    if cpu and _env_true("ACCELERATE_USE_DEEPSPEED"):
+        # DeepSpeed on CPUs (its CPU accelerator, gloo): accelerate's cpu flag would silently replace
+        # DeepSpeed by DDP, and without an explicit backend it miscounts the processes (each says 1).
+        cpu = False
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    st = AcceleratorState._shared_state
+    if st and (st.get("_mixed_precision", mixed_precision) != mixed_precision
+               or (st.get("_cpu") is not None and st.get("_cpu") != cpu)):
+        AcceleratorState._reset_state()
+    acc = Accelerator(mixed_precision=mixed_precision, cpu=cpu, kwargs_handlers=handlers)
     _cpu_fsdp(acc)
     return acc
+
+
+def configure_deepspeed(acc, micro: int, n_micro: int, grad_clip: float) -> None:
+    """Tell ZeRO-3 the loop's step structure before `prepare`: DeepSpeed steps its optimizer inside the
+    backward that completes `gradient_accumulation_steps` micro batches and clips by its own config, so
+    both must be the loop's (n_micro micro batches of `micro` rows per process, train.grad_clip). The
+    client optimizer is the loop's torch AdamW (DeepSpeed runs it on its fp32 partitions)."""
+    ds = acc.state.deepspeed_plugin.deepspeed_config
+    ds["train_micro_batch_size_per_gpu"] = micro
+    ds["gradient_accumulation_steps"] = n_micro
+    ds["train_batch_size"] = micro * n_micro * acc.num_processes
+    ds["gradient_clipping"] = grad_clip if grad_clip > 0 else 0.0
+    ds["zero_allow_untested_optimizer"] = True
+    ds["zero_force_ds_cpu_optimizer"] = False
+    acc.gradient_accumulation_steps = n_micro
 
 
 def _cpu_fsdp(acc) -> None:
@@ -130,9 +151,13 @@ def load_full_state_dict(acc, model: nn.Module, state: dict[str, torch.Tensor]) 
         acc.unwrap_model(model).load_state_dict(state)
 
 
-def full_optimizer_tensors(opt) -> tuple[dict[str, torch.Tensor], list]:
+def full_optimizer_tensors(opt, acc) -> tuple[dict[str, torch.Tensor], list]:
     """The optimizer state as flat named full tensors (`state.<i>.<key>`) and its param groups: sharded
-    state (FSDP2 DTensors) is gathered, so a checkpoint holds the whole state whatever the process count."""
+    state (FSDP2 DTensors) is gathered, so a checkpoint holds the whole state whatever the process count.
+    Under DeepSpeed the state lives in ZeRO's flat fp32 partitions: not saved (({}, [])), and such a run
+    cannot resume (loop._resume)."""
+    if engine_name(acc) == "deepspeed":
+        return {}, []
     inner = getattr(opt, "optimizer", opt)  # accelerate's AcceleratedOptimizer
     sd = inner.state_dict()
     tensors = {}

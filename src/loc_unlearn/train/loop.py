@@ -109,6 +109,9 @@ class _Plan:
     """Encoded examples: forget, retain (paired per epoch; [] when not needed), idk (one per forget example)."""
     pad: int
     micro: int
+    n_micro: int
+    """Micro batches per process and step, the same on every process and at every step (a process or a
+    step short of examples runs weight-0 ones): collectives and DeepSpeed's accumulation count on it."""
     spe: int
     """Steps per epoch."""
     total: int
@@ -167,8 +170,9 @@ def _plan(model, tokenizer, forget_rows, retain_rows, name: str, cfg: TrainConfi
     every = cfg.checkpoint_every * spe
     ckpt_steps = {round(k * every) for k in range(1, int(total / every) + 2)} if every > 0 else set()
     key = _run_key(name, hp, cfg, mask, items["forget"], items["retain"], items["idk"], obj.revision)
-    return _Plan(name=name, obj=obj, cfg=cfg, hp=hp, items=items, pad=pad_id(tokenizer),
-                 micro=cfg.micro_batch_size or math.ceil(cfg.batch_size / processes), spe=spe, total=total,
+    micro = cfg.micro_batch_size or math.ceil(cfg.batch_size / processes)
+    return _Plan(name=name, obj=obj, cfg=cfg, hp=hp, items=items, pad=pad_id(tokenizer), micro=micro,
+                 n_micro=math.ceil(math.ceil(cfg.batch_size / processes) / micro), spe=spe, total=total,
                  warmup=round(cfg.warmup_epochs * spe), ckpt_steps={s for s in ckpt_steps if 0 < s < total} | {total},
                  key=key, truncated=cut)
 
@@ -201,7 +205,7 @@ class _Run:
         return self.acc.device
 
 
-def _prepare(model, plan: _Plan, mask, acc) -> _Run:
+def _prepare(model, plan: _Plan, mask, acc, post_step=None) -> _Run:
     obj, hp, cfg = plan.obj, plan.hp, plan.cfg
     model.to(acc.device)  # acc.device is the device rule's (utils.resolve_device, engine.make_accelerator)
     template = (type(model), model.config, engine.non_persistent_buffers(model),
@@ -211,6 +215,15 @@ def _prepare(model, plan: _Plan, mask, acc) -> _Run:
         raise UserError(f"masked training under {engine.engine_name(acc)} needs a [d, d_ff] down-projection "
                         f"(model_type {model.config.model_type} stores it transposed); run it without a "
                         "sharding engine (no accelerate config, or DDP)")
+    if engine.engine_name(acc) == "deepspeed":
+        # ZeRO-3 steps inside backward on its own fp32 partitions: the loop's decoupled decay of the masked
+        # columns (W0[:, idx] + delta) and post-step edits of the deltas (the injection's norm cap) have no
+        # place to run. Plain fine-tuning (AdamW's own decay) has neither.
+        if md.masked and (cfg.weight_decay > 0 or post_step is not None):
+            raise UserError("masked training with weight decay or a norm cap (train.weight_decay, "
+                            "inject.max_norm_ratio) is not supported under DeepSpeed ZeRO-3: use FSDP2 "
+                            "(configs/accelerate/fsdp.yaml) or DDP, or set train.weight_decay=0")
+        engine.configure_deepspeed(acc, plan.micro, plan.n_micro, cfg.grad_clip)
     snap = md.snapshot() if md.masked else None
     frozen = reference = None
     if obj.needs_reference:
@@ -244,6 +257,11 @@ def _load_weights(run: _Run):
 
 
 def _resume(run: _Run, plan: _Plan, out_dir: Path) -> None:
+    if engine.engine_name(run.acc) == "deepspeed":
+        if checkpoints(out_dir):
+            log(f"training {plan.name} under DeepSpeed starts from step 0: its checkpoints hold no optimizer "
+                "state (ZeRO's partitions), so they serve as trajectory points, not as resume points")
+        return
     got = resume_latest(out_dir, plan.key, run.md.masked, _load_weights(run),
                         lambda t, g: engine.load_optimizer_tensors(run.opt, t, g), run.device)
     if got:
@@ -295,23 +313,25 @@ def _gradients(run: _Run, plan: _Plan, step: int, perm, pairs) -> dict:
     # Every process runs the same number of micro batches: under FSDP2 / ZeRO-3 each forward and backward
     # is a collective. A process short of examples (an epoch's last batch smaller than P, or an uneven
     # split) runs weight-0 ones, so its log keys and which parameters have gradients match the others'.
-    n_micro = math.ceil(math.ceil(b / P) / plan.micro)
+    deepspeed = engine.engine_name(acc) == "deepspeed"
     torch.manual_seed(_gen(cfg.seed, step, rank).initial_seed())  # dropout: same per step on resume
     lr = lr_at(step, cfg.lr, plan.warmup, plan.total)
     for g in run.opt.param_groups:
         g["lr"] = lr
     sums: dict[str, torch.Tensor] = {"loss": torch.zeros((), device=device)}
-    for s in range(n_micro):
+    for s in range(plan.n_micro):
         p, weight = mine[s * plan.micro:(s + 1) * plan.micro], 1.0
         if len(p) == 0:
             p, weight = pos[:1], 0.0
         ids = perm[p]
         batch = _micro_batch(plan, ids, pairs[p] if pairs is not None else None, device)
         run.ctx.ref_logp = {k: v[ids].to(device) for k, v in run.ref_cache.items()}
-        with acc.autocast():
+        with acc.autocast(), (acc.accumulate(run.model) if deepspeed else nullcontext()):
             loss, logs = plan.obj(run.model, batch, run.ctx)
-        # x P: the engine averages over processes; what we want is the sum over the global batch / b.
-        acc.backward(loss.float().sum() * (weight * P) / b)
+            # x P: the engine averages over processes; what we want is the sum over the global batch / b.
+            # DeepSpeed also divides by its accumulation steps (x n_micro) and steps its optimizer in the
+            # backward of the last micro batch (accumulate() tells it which one that is).
+            acc.backward(loss.float().sum() * (weight * P * (plan.n_micro if deepspeed else 1)) / b)
         sums["loss"] = sums["loss"] + weight * loss.detach().float().sum()
         for k, v in logs.items():
             sums[k] = sums.get(k, torch.zeros((), device=device)) + weight * v.detach().float().sum()
@@ -336,8 +356,14 @@ def _diverged(run: _Run, plan: _Plan, rec: dict, out_dir: Path) -> TrainingDiver
 
 def _checkpoint(run: _Run, plan: _Plan, out_dir: Path, step: int) -> None:
     # Gathering is a collective under a sharding engine: every process gathers, the main one writes.
-    weights = run.md.state_dict() if run.md.masked else engine.full_state_dict(run.acc, run.model)
-    opt_tensors, groups = engine.full_optimizer_tensors(run.opt)
+    if engine.engine_name(run.acc) == "deepspeed":  # partitions: gather through the engine, keep the deltas
+        weights = engine.full_state_dict(run.acc, run.model)
+        if run.md.masked:
+            weights = {f"{k}.{l}": weights[name[:-len("weight")] + k] for l, name in run.md._down_names()
+                       for k in ("idx", "delta")}
+    else:
+        weights = run.md.state_dict() if run.md.masked else engine.full_state_dict(run.acc, run.model)
+    opt_tensors, groups = engine.full_optimizer_tensors(run.opt, run.acc)
     if run.acc.is_main_process:
         run.written.append(save_checkpoint(out_dir, step, weights, run.md.masked, run.template[4], opt_tensors,
                                            groups, {"step": step, "epoch": step / plan.spe,
@@ -429,7 +455,7 @@ def train(model, tokenizer, forget_rows, retain_rows, objective: str, train_cfg:
     acc = engine.make_accelerator(train_cfg.mixed_precision, device)
     plan = _plan(model, tokenizer, forget_rows, retain_rows, objective, train_cfg, mask, hparams, idk,
                  acc.num_processes)
-    run = _prepare(model, plan, mask, acc)
+    run = _prepare(model, plan, mask, acc, post_step)
     if resume:
         _resume(run, plan, out_dir)
     _reference_logps(run, plan, out_dir)
