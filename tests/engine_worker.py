@@ -18,6 +18,7 @@ from loc_unlearn.evaluate.token_metrics import token_metrics
 from loc_unlearn.models.load import save_model
 from loc_unlearn.train import loop
 from loc_unlearn.train.masked import local
+from loc_unlearn.train.norm_cap import norm_cap
 from loc_unlearn.utils import save_safetensors_atomic
 
 from helpers import IDK, make_rows, make_tok, tiny_lm
@@ -35,6 +36,7 @@ mask = torch.rand(2, 64, generator=torch.Generator().manual_seed(7)) < 0.15
 CFG = TrainConfig(lr=1e-2, epochs=2, batch_size=4, micro_batch_size=1, weight_decay=0.1, warmup_epochs=0.5,
                   checkpoint_every=1.0, max_length=64, seed=3)
 
+seen: list = []
 # What each process draws: the example ids of every micro batch, by optimizer step (test of #139).
 drawn: list = []
 _orig_micro, _orig_gradients = loop._micro_batch, loop._gradients
@@ -42,7 +44,11 @@ _orig_micro, _orig_gradients = loop._micro_batch, loop._gradients
 
 def recording_gradients(run, plan, step, perm, pairs):
     drawn.append([])
-    return _orig_gradients(run, plan, step, perm, pairs)
+    rec = _orig_gradients(run, plan, step, perm, pairs)
+    # parameter bytes held while training, after the step's backward (FSDP2 has resharded what the
+    # forward gathered; ZeRO-3 holds its partitions)
+    seen.append(local_bytes(run.model))
+    return rec
 
 
 def recording_micro_batch(plan, ids, retain_ids, device):
@@ -67,30 +73,23 @@ def local_bytes(model) -> tuple[int, int]:
     return mine, whole
 
 
-# Parameter bytes while training: measured when the steps start (after the engine's prepare).
-seen: list = []
-_orig_steps = loop._steps
-
-
-def recording_steps(run, plan, out_dir, post_step=None):
-    seen.append(local_bytes(run.model))
-    return _orig_steps(run, plan, out_dir, post_step)
-
-
-loop._steps = recording_steps
 
 
 report = {"rank": state.process_index}
 result = {"num_processes": state.num_processes}
 RUNS = {"masked": ("npo", mask, CFG), "masked_nowd": ("npo", mask, replace(CFG, weight_decay=0.0)),
-        "full": ("learn", None, CFG)}
+        "full": ("learn", None, CFG),
+        # the injection's post-step norm cap (train/norm_cap.py), tight enough to bind at lr 1e-2
+        "capped": ("learn", mask, CFG)}
+CAP = 1.02
 kinds = sys.argv[3].split(",") if len(sys.argv) > 3 else ["masked", "full"]
 for kind in kinds:
     objective, m, cfg = RUNS[kind]
     model = tiny_lm(tok, L=2)
     seen.clear()
     drawn.clear()
-    res = loop.train(model, tok, forget, retain, objective, cfg, out / kind, mask=m, idk=IDK, device="cpu")
+    res = loop.train(model, tok, forget, retain, objective, cfg, out / kind, mask=m, idk=IDK, device="cpu",
+                     post_step=norm_cap(CAP) if kind == "capped" else None)
     final = res.model
     report[kind] = {"bytes": seen[-1], "drawn": list(drawn), "engine": res.engine}
     tm = token_metrics(final, tok, forget)

@@ -15,6 +15,22 @@ from ..errors import UserError
 from ..models.value_vectors import value_matrix
 
 
+def _project_sharded(d, vm, idx, ratio: float) -> None:
+    """The same projection on FSDP2 shards: delta and weight are split into the same rows on every rank
+    (masked.local), so each rank sums its rows' squares, one all-reduce gives the column norms."""
+    import torch.distributed as dist
+
+    from .masked import local
+
+    dl = local(d)
+    w0 = local(vm)[:, idx].float()
+    eff = w0 + dl
+    sq = torch.stack([(w0 * w0).sum(0), (eff * eff).sum(0)])
+    dist.all_reduce(sq, group=d.device_mesh.get_group())
+    scale = (ratio * sq[0].sqrt() / sq[1].sqrt().clamp_min(1e-12)).clamp(max=1.0)
+    dl.copy_(eff * scale - w0)
+
+
 def norm_cap(ratio: float):
     """Hook `fn(masked_delta)` scaling each masked column down to at most `ratio` x its start norm."""
     if not ratio > 0:
@@ -26,6 +42,9 @@ def norm_cap(ratio: float):
             raise UserError("inject.max_norm_ratio needs masked training (a mask)")
         for l, d in enumerate(md.deltas):
             if not d.numel():
+                continue
+            if hasattr(d, "device_mesh"):  # FSDP2: this rank's rows, column norms summed over the ranks
+                _project_sharded(d, md._vm(l), md.idx[l], ratio)
                 continue
             # Before merge() the module weight still holds the start values: W0[:, idx].
             w0 = value_matrix(md.model, l)[:, md.idx[l]].float()
