@@ -138,6 +138,17 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _quiet_deepspeed() -> None:
+    """DeepSpeed (when installed, accelerate imports it) warns on every command of a machine without a GPU
+    that it falls back to its CPU accelerator; say so up front instead, unless the user chose one."""
+    import os
+
+    import torch
+
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -172,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "report" and not positional:
             raise UserError(_report_usage(cfg))
         module, fn = target.split(":")
+        _quiet_deepspeed()
         func = getattr(importlib.import_module(module), fn)
         func(cfg, *positional) if positional else func(cfg)
     except UserError as e:
