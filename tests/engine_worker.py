@@ -1,7 +1,7 @@
 """Worker for test_engines.py: the same masked NPO unlearning run and the same full fine-tuning run, under
 1 process or under `accelerate launch` with 2 gloo processes (DDP or FSDP2, by the launch config).
 Usage: python engine_worker.py OUT_DIR EXPECTED_NUM_PROCESSES [KINDS]  (KINDS: comma-separated of masked,
-masked_nowd, full; default masked,full. DeepSpeed runs masked_nowd: it refuses masked weight decay.)
+masked_nowd, full, capped, masked_resumed, full_resumed; default masked,full. DeepSpeed runs masked_nowd: it refuses masked weight decay.)
 Each process writes rank<r>.json (its local parameter bytes during training, and which examples it drew
 at every step); the main one writes result.json (losses, metrics), the final weights and saved models.
 `import helpers` needs no path edit: a script's own folder (tests/) is first on its sys.path."""
@@ -80,7 +80,8 @@ result = {"num_processes": state.num_processes}
 RUNS = {"masked": ("npo", mask, CFG), "masked_nowd": ("npo", mask, replace(CFG, weight_decay=0.0)),
         "full": ("learn", None, CFG),
         # the injection's post-step norm cap (train/norm_cap.py), tight enough to bind at lr 1e-2
-        "capped": ("learn", mask, CFG)}
+        "capped": ("learn", mask, CFG),
+        "masked_resumed": ("npo", mask, CFG), "full_resumed": ("learn", None, CFG)}
 CAP = 1.02
 kinds = sys.argv[3].split(",") if len(sys.argv) > 3 else ["masked", "full"]
 for kind in kinds:
@@ -88,6 +89,10 @@ for kind in kinds:
     model = tiny_lm(tok, L=2)
     seen.clear()
     drawn.clear()
+    if kind.endswith("_resumed"):  # stopped after 3 steps (a checkpoint is written there), then resumed
+        loop.train(model, tok, forget, retain, objective, replace(cfg, max_steps=3), out / kind, mask=m, idk=IDK,
+                   device="cpu")
+        model = tiny_lm(tok, L=2)
     res = loop.train(model, tok, forget, retain, objective, cfg, out / kind, mask=m, idk=IDK, device="cpu",
                      post_step=norm_cap(CAP) if kind == "capped" else None)
     final = res.model

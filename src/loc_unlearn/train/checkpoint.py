@@ -97,8 +97,10 @@ def resume_latest(out_dir: Path, run_key: str, masked: bool, load_weights, load_
         if st.get("run_key") != run_key:
             raise CheckpointError(f"{ck} was written by a different run (objective, config, mask or data "
                                   f"differ); use another out_dir or delete {out_dir}")
-        load_weights(load_file(str(ck / _weights_file(masked)), device=str(device)))
-        load_optimizer(load_file(str(ck / "optimizer.safetensors"), device=str(device)), st["param_groups"])
+        # safetensors knows "cpu", not accelerate's "cpu:0" (several processes on CPU)
+        dev = "cpu" if torch.device(device).type == "cpu" else str(device)
+        load_weights(load_file(str(ck / _weights_file(masked)), device=dev))
+        load_optimizer(load_file(str(ck / "optimizer.safetensors"), device=dev), st["param_groups"])
         return ck, st
     return None
 
