@@ -1,7 +1,7 @@
 """Worker for test_engines.py: the same masked NPO unlearning run and the same full fine-tuning run, under
 1 process or under `accelerate launch` with 2 gloo processes (DDP or FSDP2, by the launch config).
 Usage: python engine_worker.py OUT_DIR EXPECTED_NUM_PROCESSES [KINDS]  (KINDS: comma-separated of masked,
-masked_nowd, full, capped, masked_resumed, full_resumed; default masked,full. DeepSpeed runs masked_nowd: it refuses masked weight decay.)
+masked_nowd, full, capped, rmu, masked_resumed, full_resumed; default masked,full. DeepSpeed runs masked_nowd: it refuses masked weight decay.)
 Each process writes rank<r>.json (its local parameter bytes during training, and which examples it drew
 at every step); the main one writes result.json (losses, metrics), the final weights and saved models.
 `import helpers` needs no path edit: a script's own folder (tests/) is first on its sys.path."""
@@ -14,6 +14,7 @@ import torch
 from accelerate import PartialState
 
 from loc_unlearn.config import TrainConfig
+from loc_unlearn.errors import UserError
 from loc_unlearn.evaluate.token_metrics import token_metrics
 from loc_unlearn.models.load import save_model
 from loc_unlearn.train import loop
@@ -81,6 +82,8 @@ RUNS = {"masked": ("npo", mask, CFG), "masked_nowd": ("npo", mask, replace(CFG, 
         "full": ("learn", None, CFG),
         # the injection's post-step norm cap (train/norm_cap.py), tight enough to bind at lr 1e-2
         "capped": ("learn", mask, CFG),
+        # RMU's loss stops at its steering layer: later layers' deltas get no gradient (unused parameters)
+        "rmu": ("rmu", mask, CFG), "rmu_refused": ("rmu", mask, CFG),
         "masked_resumed": ("npo", mask, CFG), "full_resumed": ("learn", None, CFG)}
 CAP = 1.02
 kinds = sys.argv[3].split(",") if len(sys.argv) > 3 else ["masked", "full"]
@@ -93,8 +96,12 @@ for kind in kinds:
         loop.train(model, tok, forget, retain, objective, replace(cfg, max_steps=3), out / kind, mask=m, idk=IDK,
                    device="cpu")
         model = tiny_lm(tok, L=2)
-    res = loop.train(model, tok, forget, retain, objective, cfg, out / kind, mask=m, idk=IDK, device="cpu",
-                     post_step=norm_cap(CAP) if kind == "capped" else None)
+    try:
+        res = loop.train(model, tok, forget, retain, objective, cfg, out / kind, mask=m, idk=IDK, device="cpu",
+                         post_step=norm_cap(CAP) if kind == "capped" else None)
+    except UserError as e:  # an engine refusing a run (RMU under DDP): the message is the result
+        result[kind] = {"error": str(e)}
+        continue
     final = res.model
     report[kind] = {"bytes": seen[-1], "drawn": list(drawn), "engine": res.engine}
     tm = token_metrics(final, tok, forget)

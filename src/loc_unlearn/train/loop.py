@@ -215,6 +215,11 @@ def _prepare(model, plan: _Plan, mask, acc, post_step=None) -> _Run:
         raise UserError(f"masked training under {engine.engine_name(acc)} needs a [d, d_ff] down-projection "
                         f"(model_type {model.config.model_type} stores it transposed); run it without a "
                         "sharding engine (no accelerate config, or DDP)")
+    if obj.partial_forward and engine.engine_name(acc) == "ddp":
+        # measured: RMU under DDP ended 0.23 (relative) away from one process; its stopped forwards leave
+        # DDP's reducer unprepared, so the gradients are not synchronized
+        raise UserError(f"objective '{plan.name}' stops its forward inside the network, which DDP cannot "
+                        "synchronize: run it under FSDP2 (configs/accelerate/fsdp.yaml) or in one process")
     if engine.engine_name(acc) == "deepspeed":
         # ZeRO-3 steps inside backward on its own fp32 partitions: the loop's decoupled decay of the masked
         # columns (W0[:, idx] + delta) and post-step edits of the deltas (the injection's norm cap) have no

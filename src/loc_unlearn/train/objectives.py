@@ -51,6 +51,10 @@ class Objective:
     """batch["retain"] even when alpha == 0 (otherwise retain pairs are built only if alpha != 0)."""
     target: Callable[[int, dict, int], torch.Tensor] | None = None
     """(hidden size, hp, seed) -> a vector fixed for the run, handed over in ctx.rmu_target."""
+    partial_forward: bool = False
+    """Its loss ends inside the network: the forward is stopped (an exception out of the model's forward)
+    after a layer. DDP cannot synchronize such a step (its reducer is prepared at the end of forward), so the
+    loop refuses DDP for it; FSDP2 and one process are fine."""
     revision: int = 0
     """Bumped when `fn` changes its numbers: part of the resume key, so a checkpoint written by the old loss
     is refused instead of continued with the new one (0 = not in the key)."""
@@ -268,6 +272,7 @@ register("npo", npo, {"gamma": 1.0, "alpha": 1.0, "beta": 0.1}, ref_logp=("forge
 register("simnpo", simnpo, {"gamma": 0.125, "alpha": 1.0, "beta": 4.5, "delta": 0.0})
 register("dpo", dpo, {"gamma": 1.0, "alpha": 1.0, "beta": 0.1}, ref_logp=("forget", "idk"), needs_idk=True)
 register("rmu", rmu, {"gamma": 1.0, "alpha": 100.0, "rmu_c": 6.5, "rmu_layer": -1}, needs_reference=True,
+         partial_forward=True,
          always_retain=True, target=lambda d, hp, seed: rmu_target(d, hp["rmu_c"], seed),
          revision=1)  # 1: MSE over answer positions only (was every real token)
 register("learn", learn, {"gamma": 1.0, "alpha": 0.0})
