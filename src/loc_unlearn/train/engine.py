@@ -210,6 +210,18 @@ def plain_model(template_cls, config, state: dict[str, torch.Tensor], buffers: d
     return model.eval()
 
 
+def release(acc) -> None:
+    """End of a training: the accelerator singleton must not keep the run's model and optimizer alive, and
+    under DeepSpeed transformers must stop seeing a ZeRO-3 config: accelerate registers it globally, and
+    from_pretrained would then load the NEXT stage's model already partitioned (every weight empty outside a
+    forward; found when `finetune` after the tiny base failed at the first weight shape)."""
+    acc.free_memory()
+    if engine_name(acc) == "deepspeed":
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+
+
 def non_persistent_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     persistent = set(model.state_dict())
     return {n: b.detach().clone() for n, b in model.named_buffers() if n not in persistent}

@@ -439,7 +439,7 @@ def _finish(run: _Run, plan: _Plan, out_dir: Path) -> TrainResult:
             for q in model.parameters():
                 q.grad = None
     run.frozen = run.ctx.reference = None
-    acc.free_memory()  # the accelerator singleton must not keep this run's model and optimizer alive
+    engine.release(acc)
     model.eval()
     return TrainResult(checkpoints=result, log=run.history, truncated=plan.truncated, model=model, engine=name)
 
