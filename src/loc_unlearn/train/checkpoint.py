@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
-from ..models.value_vectors import fingerprint, shape, value_matrix
+from ..models.value_vectors import shape, value_matrix
 from ..utils import fault_point, log, save_safetensors_atomic, sha256_file, write_json_atomic
 from .masked import merge_columns
 

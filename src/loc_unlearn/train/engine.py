@@ -21,8 +21,6 @@ import os
 import torch
 from torch import nn
 
-from .masked import full  # noqa: F401  (the loop's gathered grad norm)
-
 ENGINES = ("none", "ddp", "fsdp2", "deepspeed")
 
 

@@ -40,7 +40,7 @@ from ..utils import eval_mode, fault_point, log, progress, sha256_json
 from . import engine
 from .checkpoint import (checkpoints, last_checkpoint, load_checkpoint, load_ref_logps, resume_latest,
                          save_checkpoint, save_ref_logps)
-from .masked import MaskedDelta, merge_state
+from .masked import MaskedDelta, delta_entries, full, merge_state
 from .objectives import OBJECTIVES, Context, Objective, resolve_hparams, sequence_logps
 
 __all__ = ["TrainResult", "load_checkpoint", "lr_at", "train"]
@@ -110,8 +110,9 @@ class _Plan:
     pad: int
     micro: int
     n_micro: int
-    """Micro batches per process and step, the same on every process and at every step (a process or a
-    step short of examples runs weight-0 ones): collectives and DeepSpeed's accumulation count on it."""
+    """Micro batches per process and step under several processes or DeepSpeed: the same on every process
+    and at every step (a process or a step short of examples runs weight-0 ones), since collectives and
+    DeepSpeed's accumulation count on it. One process without DeepSpeed runs only the ones it has."""
     spe: int
     """Steps per epoch."""
     total: int
@@ -194,6 +195,8 @@ class _Run:
     template: tuple
     """(class, config, non-persistent buffers, generation config, fingerprint) of the start model, taken
     before the engine shards it: enough to rebuild a plain model from the gathered state."""
+    engine: str
+    """engine.engine_name of the accelerator: none, ddp, fsdp2, deepspeed."""
     frozen: torch.nn.Module | None = None
     start: int = 0
     history: list[dict] = field(default_factory=list)
@@ -211,16 +214,17 @@ def _prepare(model, plan: _Plan, mask, acc, post_step=None) -> _Run:
     template = (type(model), model.config, engine.non_persistent_buffers(model),
                 getattr(model, "generation_config", None), fingerprint(model))
     md = MaskedDelta(model, None if mask is None else torch.as_tensor(mask).bool())
+    name = engine.engine_name(acc)
     if md.masked and engine.sharded(acc) and md._transposed():
-        raise UserError(f"masked training under {engine.engine_name(acc)} needs a [d, d_ff] down-projection "
+        raise UserError(f"masked training under {name} needs a [d, d_ff] down-projection "
                         f"(model_type {model.config.model_type} stores it transposed); run it without a "
                         "sharding engine (no accelerate config, or DDP)")
-    if obj.partial_forward and engine.engine_name(acc) == "ddp":
+    if obj.partial_forward and name == "ddp":
         # measured: RMU under DDP ended 0.23 (relative) away from one process; its stopped forwards leave
         # DDP's reducer unprepared, so the gradients are not synchronized
         raise UserError(f"objective '{plan.name}' stops its forward inside the network, which DDP cannot "
                         "synchronize: run it under FSDP2 (configs/accelerate/fsdp.yaml) or in one process")
-    if engine.engine_name(acc) == "deepspeed":
+    if name == "deepspeed":
         # ZeRO-3 steps inside backward on its own fp32 partitions: the loop's decoupled decay of the masked
         # columns (W0[:, idx] + delta) and post-step edits of the deltas (the injection's norm cap) have no
         # place to run. Plain fine-tuning (AdamW's own decay) has neither.
@@ -247,7 +251,7 @@ def _prepare(model, plan: _Plan, mask, acc, post_step=None) -> _Run:
     wrapped, opt = acc.prepare(model, opt)
     params = [p for g in opt.param_groups for p in g["params"]]
     return _Run(acc=acc, md=md, snap=snap, ctx=Context(hp=hp, reference=reference, rmu_target=target),
-                params=params, opt=opt, model=wrapped, template=template, frozen=frozen)
+                params=params, opt=opt, model=wrapped, template=template, engine=name, frozen=frozen)
 
 
 def _load_weights(run: _Run):
@@ -262,7 +266,7 @@ def _load_weights(run: _Run):
 
 
 def _resume(run: _Run, plan: _Plan, out_dir: Path) -> None:
-    if engine.engine_name(run.acc) == "deepspeed":
+    if run.engine == "deepspeed":
         if checkpoints(out_dir):
             log(f"training {plan.name} under DeepSpeed starts from step 0: its checkpoints hold no optimizer "
                 "state (ZeRO's partitions), so they serve as trajectory points, not as resume points")
@@ -318,13 +322,16 @@ def _gradients(run: _Run, plan: _Plan, step: int, perm, pairs) -> dict:
     # Every process runs the same number of micro batches: under FSDP2 / ZeRO-3 each forward and backward
     # is a collective. A process short of examples (an epoch's last batch smaller than P, or an uneven
     # split) runs weight-0 ones, so its log keys and which parameters have gradients match the others'.
-    deepspeed = engine.engine_name(acc) == "deepspeed"
+    deepspeed = run.engine == "deepspeed"
+    # Only collectives need equal counts (several processes) and DeepSpeed its fixed accumulation steps; one
+    # process alone runs just the micro batches it has.
+    n_micro = plan.n_micro if P > 1 or deepspeed else math.ceil(len(mine) / plan.micro)
     torch.manual_seed(_gen(cfg.seed, step, rank).initial_seed())  # dropout: same per step on resume
     lr = lr_at(step, cfg.lr, plan.warmup, plan.total)
     for g in run.opt.param_groups:
         g["lr"] = lr
     sums: dict[str, torch.Tensor] = {"loss": torch.zeros((), device=device)}
-    for s in range(plan.n_micro):
+    for s in range(n_micro):
         p, weight = mine[s * plan.micro:(s + 1) * plan.micro], 1.0
         if len(p) == 0:
             p, weight = pos[:1], 0.0
@@ -347,7 +354,7 @@ def _gradients(run: _Run, plan: _Plan, step: int, perm, pairs) -> dict:
     stats = (stats / b).tolist()
     rec = {"step": step + 1, "epoch": (step + 1) / plan.spe, "lr": lr, "processes": P, **dict(zip(names, stats))}
     gn = acc.clip_grad_norm_(run.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-    rec["grad_norm"] = float(engine.full(gn)) if gn is not None else float("nan")
+    rec["grad_norm"] = float(full(gn)) if gn is not None else float("nan")
     return rec
 
 
@@ -361,11 +368,11 @@ def _diverged(run: _Run, plan: _Plan, rec: dict, out_dir: Path) -> TrainingDiver
 
 def _checkpoint(run: _Run, plan: _Plan, out_dir: Path, step: int) -> None:
     # Gathering is a collective under a sharding engine: every process gathers, the main one writes.
-    if engine.engine_name(run.acc) == "deepspeed":  # partitions: gather through the engine, keep the deltas
+    if run.engine == "deepspeed":  # partitions: gather through the engine, keep the deltas
         weights = engine.full_state_dict(run.acc, run.model)
         if run.md.masked:
-            weights = {f"{k}.{l}": weights[name[:-len("weight")] + k] for l, name in run.md._down_names()
-                       for k in ("idx", "delta")}
+            weights = {k: v for l, _, idx, delta in delta_entries(weights, run.md)
+                       for k, v in ((f"idx.{l}", idx), (f"delta.{l}", delta))}
     else:
         weights = run.md.state_dict() if run.md.masked else engine.full_state_dict(run.acc, run.model)
     opt_tensors, groups = engine.full_optimizer_tensors(run.opt, run.acc)
@@ -374,7 +381,7 @@ def _checkpoint(run: _Run, plan: _Plan, out_dir: Path, step: int) -> None:
                                            groups, {"step": step, "epoch": step / plan.spe,
                                                     "total_steps": plan.total, "run_key": plan.key,
                                                     "objective": plan.name, "hparams": plan.hp,
-                                                    "engine": engine.engine_name(run.acc), "log": run.history}))
+                                                    "engine": run.engine, "log": run.history}))
     run.acc.wait_for_everyone()
 
 
@@ -420,7 +427,6 @@ def _finish(run: _Run, plan: _Plan, out_dir: Path) -> TrainResult:
     if last_step in have and have[last_step] not in result:
         result.append(have[last_step])
     md, acc = run.md, run.acc
-    name = engine.engine_name(acc)
     if engine.sharded(acc):
         # The model passed in now holds shards: rebuild a plain one from the gathered state (every process).
         state = engine.full_state_dict(acc, run.model)
@@ -441,7 +447,7 @@ def _finish(run: _Run, plan: _Plan, out_dir: Path) -> TrainResult:
     run.frozen = run.ctx.reference = None
     engine.release(acc)
     model.eval()
-    return TrainResult(checkpoints=result, log=run.history, truncated=plan.truncated, model=model, engine=name)
+    return TrainResult(checkpoints=result, log=run.history, truncated=plan.truncated, model=model, engine=run.engine)
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MaskError
-from ..models.value_vectors import down_proj_slots, down_proj_weight_param, down_projs, shape, value_matrix
+from ..models.value_vectors import down_proj_slots, down_proj_weight_param, down_projs, shape
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -96,15 +96,21 @@ def merge_columns(vm: torch.Tensor, idx: torch.Tensor, delta: torch.Tensor) -> N
         vm[:, idx] = (vm[:, idx].float() + delta.float()).to(vm.dtype)
 
 
+def delta_entries(state: dict[str, torch.Tensor], md: "MaskedDelta") -> list[tuple[int, str, torch.Tensor, torch.Tensor]]:
+    """(layer, weight name, idx, delta) of each MaskedDownProj in a gathered model state (its entries are
+    `...down_proj.weight`, `...down_proj.idx`, `...down_proj.delta`)."""
+    return [(l, name, state[name[:-len("weight")] + "idx"], state[name[:-len("weight")] + "delta"])
+            for l, name in md._down_names()]
+
+
 def merge_state(state: dict[str, torch.Tensor], md: "MaskedDelta") -> dict[str, torch.Tensor]:
-    """A gathered model state with MaskedDownProj entries (`...down_proj.weight`, `.idx`, `.delta`) as a plain
-    model state: the deltas merged into their weights' masked columns, the `.idx`/`.delta` entries dropped."""
+    """A gathered model state with MaskedDownProj entries as a plain model state: the deltas merged into
+    their weights' masked columns, the `.idx`/`.delta` entries dropped."""
     out = {k: v for k, v in state.items() if not k.endswith((".delta", ".idx"))}
     tr = md._transposed()
-    for l, name in md._down_names():
-        prefix = name[:-len("weight")]
+    for _, name, idx, delta in delta_entries(state, md):
         w = out[name].clone()
-        merge_columns(w.T if tr else w, state[prefix + "idx"].to(w.device), state[prefix + "delta"].to(w.device))
+        merge_columns(w.T if tr else w, idx.to(w.device), delta.to(w.device))
         out[name] = w
     return out
 
