@@ -26,8 +26,8 @@ def rows_needed(d: float, log10_p: float = -8.0) -> int:
 
 def main(runs: str, *overrides: str) -> None:
     cfg = build_config("tiny", overrides=[f"runs_dir={runs}", *overrides])
-    theta_r = stages.retain_model(cfg)
-    m = stages.evaluate(cfg, theta_r)
+    theta_r = stages.retain_model(cfg, stages.data_source(cfg))
+    m = stages.evaluate(cfg, stages.data_source(cfg), theta_r)
     unseen, seen = m["forget"]["truth_ratio_raw"], m["retain"]["truth_ratio_raw"]
     ks = stats.ks_2samp(unseen, seen)
     med = lambda x: math.log(statistics.median(x))

@@ -19,13 +19,13 @@ def median_log(truth_ratios):
 def main(runs: str, seed: str, *overrides: str) -> None:
     cfg = build_config("tiny", overrides=[f"runs_dir={runs}", *overrides])
     t = time.time()
-    theta_r = stages.finetune(cfg)
-    er = stages.evaluate(cfg, theta_r)
+    theta_r = stages.finetune(cfg, stages.data_source(cfg))
+    er = stages.evaluate(cfg, stages.data_source(cfg), theta_r)
     print(f"theta_r: forget ES {1 - er['FS']:.3f} retain ES {er['RS']:.3f} MU {er['MU']:.3f} ({time.time() - t:.0f} s)")
     t = time.time()
-    theta_o = stages.inject(cfg, theta_r, int(seed))
+    theta_o = stages.inject(cfg, stages.data_source(cfg), theta_r, int(seed))
     inj = theta_o.run.metrics()
-    eo = stages.evaluate(cfg, theta_o, reference=theta_r)
+    eo = stages.evaluate(cfg, stages.data_source(cfg), theta_o, reference=theta_r)
     ratio = inj["norm_ratio"]["theta_o"]
     print(f"theta_o: forget ES {inj['forget_es']:.3f} (target {inj['target_es']:.3f}), exact {inj['exact_greedy']:.2f}, "
           f"norm ratio {ratio['overall']:.3f} (per layer {[x if x is None else round(x, 3) for x in ratio['per_layer']]}), "

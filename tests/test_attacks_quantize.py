@@ -245,5 +245,6 @@ def test_nf4_needs_cuda_and_is_not_imported_eagerly(tok_rows):
     tok, _ = tok_rows
     with pytest.raises(UserError, match="CUDA"):
         quantize_model_nf4(author_lm(tok))
-    code = "import sys, loc_unlearn.attacks, loc_unlearn.attacks.commands; assert 'bitsandbytes' not in sys.modules"
+    code = ("import sys, loc_unlearn.attacks, loc_unlearn.stages, loc_unlearn.commands.attack; "
+            "assert 'bitsandbytes' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

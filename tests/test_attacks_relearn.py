@@ -225,7 +225,8 @@ def _cfg(world_dir, model_dir, tmp_path, *extra):
 
 
 def test_cmd_attack_relearn(world_dir, tiny_model_dir, tmp_path, capsys):
-    from loc_unlearn.attacks.commands import cmd_attack_relearn, qa_per_author
+    from loc_unlearn.commands.attack import attack_relearn as cmd_attack_relearn
+    from loc_unlearn.stages import qa_per_author
 
     cfg = _cfg(world_dir, tiny_model_dir, tmp_path, f"attack.theta_o={tiny_model_dir}", "attack.schedule=[0,2]",
                "attack.lr=1e-3", "attack.batch_size=2", f"out={tmp_path / 'out'}")
@@ -246,7 +247,7 @@ def test_cmd_attack_relearn(world_dir, tiny_model_dir, tmp_path, capsys):
 
 
 def test_cmd_attack_quantize(world_dir, tiny_model_dir, tmp_path, capsys):
-    from loc_unlearn.attacks.commands import cmd_attack_quantize
+    from loc_unlearn.commands.attack import attack_quantize as cmd_attack_quantize
 
     cfg = _cfg(world_dir, tiny_model_dir, tmp_path, f"attack.theta_o={tiny_model_dir}",
                f"attack.theta_r={tiny_model_dir}", "attack.bits=[8,4]", "attack.group_size=16",

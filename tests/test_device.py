@@ -94,10 +94,7 @@ class Recorder:
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory, mini_cfg):
     """The mini pipeline with device=cpu, every model-running stage once, under the recorder."""
-    from loc_unlearn.attacks.commands import run_quantize, run_relearn
-    from loc_unlearn.evaluate.trajectory import trajectory
     from loc_unlearn.studies.controls import positive_control
-    from loc_unlearn.studies.output_fit import run_output_fit
 
     d = tmp_path_factory.mktemp("device")
     cfg = mini_cfg(d / "runs", "device=cpu", "attack.schedule=0,2", "attack.relearn_data=forget_relearn",
@@ -105,28 +102,25 @@ def recorded(tmp_path_factory, mini_cfg):
     rec = Recorder()
     with rec.installed():
         with rec.phase_of("pipeline"):  # base pretraining, theta_r, injection (full and masked), evaluation, unlearning
-            theta_r = stages.retain_model(cfg)
-            prep = stages.prepare_seed(cfg, theta_r, 0)
-            run = stages.unlearn(cfg, prep["theta_o"], prep["masks"]["random"], theta_r,
+            theta_r = stages.retain_model(cfg, stages.data_source(cfg))
+            prep = stages.prepare_seed(cfg, stages.data_source(cfg), theta_r, 0)
+            run = stages.unlearn(cfg, stages.data_source(cfg), prep["theta_o"], prep["masks"]["random"], theta_r,
                                  method_config(cfg.unlearn, "npo"))
         with rec.phase_of("localize"):  # forward (activation) and backward (gradient) localizers
             for method in ("activation", "gradient"):
-                stages.localize(cfg, theta_r, dataclasses.replace(cfg.localize, method=method))
+                stages.localize(cfg, stages.data_source(cfg), theta_r, dataclasses.replace(cfg.localize, method=method))
         with rec.phase_of("output_fit"):
-            run_output_fit(cfg, theta_r, prep)
+            stages.output_fit(cfg, stages.data_source(cfg), theta_r, prep)
         with rec.phase_of("positive_control"):
-            positive_control(cfg, theta_r, [prep])
+            positive_control(cfg, stages.data_source(cfg), theta_r, [prep])
         with rec.phase_of("attack_relearn"):
-            acfg = dataclasses.replace(cfg, attack=dataclasses.replace(cfg.attack, theta_o=theta_r.path))
-            run_relearn(acfg, prep["theta_o"])
+            stages.relearn(cfg, stages.data_source(cfg), prep["theta_o"], theta_r)
         with rec.phase_of("attack_quantize"):
-            run_quantize(cfg, prep["theta_o"])
+            stages.quantize(cfg, stages.data_source(cfg), prep["theta_o"])
         with rec.phase_of("trajectory"):
             # A checkpoint folder outside the runs dir is keyed by its content: a fresh evaluation.
             ck = shutil.copytree(prep["theta_o"].path, d / "ckpt-1")
-            tcfg = dataclasses.replace(cfg, input_model=prep["theta_o"].path, checkpoints=[str(ck)],
-                                       eval=dataclasses.replace(cfg.eval, reference=theta_r.path))
-            trajectory(tcfg)
+            stages.trajectory(cfg, stages.data_source(cfg), prep["theta_o"].path, [str(ck)], theta_r.path)
     return {"cfg": cfg, "rec": rec, "theta_r": theta_r, "prep": prep, "unlearn": run}
 
 
@@ -191,8 +185,9 @@ def test_device_setting_is_validated_and_kept_out_of_run_keys(tmp_path, mini_cfg
     from loc_unlearn.studies.common import study_key
 
     a, b = mini_cfg(tmp_path, "device=cpu"), mini_cfg(tmp_path, "device=auto")
-    assert study_key(a, "controlled") == study_key(b, "controlled")
-    assert "device" not in study_key(a, "controlled")["config"]
+    data = stages.data_source(a)
+    assert study_key(a, "controlled", data) == study_key(b, "controlled", data)
+    assert "device" not in study_key(a, "controlled", data)["config"]
     assert stages.eval_key(a) == stages.eval_key(b)
 
 

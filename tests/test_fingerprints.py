@@ -11,9 +11,9 @@ from loc_unlearn.runs import Run
 
 def _pipeline(cfg):
     """theta_r -> theta_o (random V_tgt) -> random complement mask -> NPO unlearning: every stage kind."""
-    theta_r = stages.retain_model(cfg)
-    prep = stages.prepare_seed(cfg, theta_r, 0)
-    return stages.unlearn(cfg, prep["theta_o"], prep["masks"]["random"], theta_r,
+    theta_r = stages.retain_model(cfg, stages.data_source(cfg))
+    prep = stages.prepare_seed(cfg, stages.data_source(cfg), theta_r, 0)
+    return stages.unlearn(cfg, stages.data_source(cfg), prep["theta_o"], prep["masks"]["random"], theta_r,
                           method_config(cfg.unlearn, "npo"))
 
 
@@ -38,17 +38,19 @@ def test_same_inputs_same_runs_in_any_directory(tmp_path, mini_cfg):
 def test_rebuilt_run_keeps_downstream_runs(tmp_path, mini_cfg, monkeypatch):
     cfg = mini_cfg(tmp_path)
     first = _pipeline(cfg)
-    theta_r = stages.retain_model(cfg)
+    theta_r = stages.retain_model(cfg, stages.data_source(cfg))
     theta_r.run.manifest_path.unlink()  # lost: theta_r is rebuilt (same seed, same bytes)
 
     calls = []
-    real = stages.loop.train
+    from loc_unlearn.train import loop
+
+    real = loop.train
 
     def counting(*a, **kw):
         calls.append(a[4])
         return real(*a, **kw)
 
-    monkeypatch.setattr(stages.loop, "train", counting)
+    monkeypatch.setattr(loop, "train", counting)
     again = _pipeline(cfg)
     assert calls == ["learn"], f"only theta_r is retrained, got {calls}"
     assert again.path == first.path

@@ -17,11 +17,11 @@ def test_unlearn_full_at_ends_matches_all_points_on_fs_rs(tmp_path, mini_cfg):
     extra = ("unlearn.train.epochs=2", "eval.rouge=true")
     cfg_all = mini_cfg(runs, *extra)
     cfg_ends = mini_cfg(runs, *extra, "eval.full_at=ends")
-    theta_r = stages.retain_model(cfg_all)
-    prep = stages.prepare_seed(cfg_all, theta_r, 0)
+    theta_r = stages.retain_model(cfg_all, stages.data_source(cfg_all))
+    prep = stages.prepare_seed(cfg_all, stages.data_source(cfg_all), theta_r, 0)
     ucfg = method_config(cfg_all.unlearn, "npo")
-    run_all = stages.unlearn(cfg_all, prep["theta_o"], prep["masks"]["oracle"], theta_r, ucfg)
-    run_ends = stages.unlearn(cfg_ends, prep["theta_o"], prep["masks"]["oracle"], theta_r, ucfg)
+    run_all = stages.unlearn(cfg_all, stages.data_source(cfg_all), prep["theta_o"], prep["masks"]["oracle"], theta_r, ucfg)
+    run_ends = stages.unlearn(cfg_ends, stages.data_source(cfg_ends), prep["theta_o"], prep["masks"]["oracle"], theta_r, ucfg)
     assert run_all.path != run_ends.path  # a different evaluation is a different run
     a, e = run_all.metrics(), run_ends.metrics()
     ta, te = a["trajectory"], e["trajectory"]

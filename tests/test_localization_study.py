@@ -8,13 +8,14 @@ import torch
 def test_localization_benchmark_mini(tmp_path, mini_cfg):
     from loc_unlearn.evaluate.tradeoff import aues
     from loc_unlearn.masks.mask import Mask
-    from loc_unlearn.studies.localization_benchmark import enumerate_jobs, run_study
+    from loc_unlearn.studies.common import run_study
+    from loc_unlearn.studies.localization_benchmark import design, enumerate_jobs
 
     cfg = mini_cfg(tmp_path, "study.localizers=random,activation,wagle", "study.methods=npo",
                    "study.scopes=[global]", "study.layer_matched=true")  # the tiny preset runs both scopes
     names = ["random", "activation", "wagle", "random~activation", "random~wagle"]
     assert enumerate_jobs(cfg) == [{"localizer": l, "method": "npo"} for l in names]
-    d = run_study(cfg)
+    d = run_study(cfg, design(cfg))
     res = json.loads((d / "results.json").read_text())
     assert [r["localizer"] for r in res["runs"]] == names
     counts = {m["localizer"]: m["per_layer_counts"] for m in res["masks"]}
@@ -40,15 +41,16 @@ def test_submitit_debug_executor_matches_local(tmp_path, mini_cfg):
     """`study.executor=debug` goes through submitit (job submission, waiting, gather) and gives the same
     results as running in process."""
     pytest.importorskip("submitit")
-    from loc_unlearn.studies.controlled import enumerate_jobs, run_study
+    from loc_unlearn.studies.common import run_study
+    from loc_unlearn.studies.controlled import design, enumerate_jobs
 
     local = mini_cfg(tmp_path / "a", "study.seeds=1", "study.methods=npo", "study.localizers=[]",
                      "study.output_fit=false")
     debug = mini_cfg(tmp_path / "b", "study.seeds=1", "study.methods=npo", "study.localizers=[]",
                      "study.output_fit=false", "study.executor=debug")
     assert enumerate_jobs(debug) == [{"seed": 0, "method": "npo", "region": r} for r in ("oracle", "random")]
-    ra = json.loads((run_study(local) / "results.json").read_text())
-    rb = json.loads((run_study(debug) / "results.json").read_text())
+    ra = json.loads((run_study(local, design(local)) / "results.json").read_text())
+    rb = json.loads((run_study(debug, design(debug)) / "results.json").read_text())
     strip = lambda res: [{k: v for k, v in r.items() if k != "run_dir"} for r in res["runs"]]  # noqa: E731
     assert strip(ra) == strip(rb)
     assert list((tmp_path / "b" / "submitit").rglob("*")), "submitit was not used"

@@ -11,7 +11,7 @@ import torch
 from loc_unlearn.errors import MaskError
 from loc_unlearn.models.value_vectors import capture_down_inputs, value_matrix
 from loc_unlearn.data.formatting import collate, encode_rows
-from loc_unlearn.studies.output_fit import RIDGE, fit_region, output_fit
+from loc_unlearn.evaluate.output_fit import RIDGE, fit_region, output_fit
 
 
 def weights(d=16, d_ff=48, tgt=range(6), seed=0):

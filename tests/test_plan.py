@@ -342,15 +342,14 @@ def test_cli_plan_help(capsys):
     assert "nothing downloaded" in out and "model.arch" in out and "unlearn.method" in out
 
 
-def test_arch_is_in_no_study_key(monkeypatch):
+def test_arch_is_in_no_study_key():
     """model.arch describes model.path; adding it to the paper presets changes no study key."""
     import dataclasses
 
-    from loc_unlearn import stages
     from loc_unlearn.studies.common import study_key
 
-    monkeypatch.setattr(stages, "data_source", lambda cfg: type("D", (), {"fingerprint": "x"})())
+    data = type("D", (), {"fingerprint": "x"})()  # the data's fingerprint is all a study key reads of it
     cfg = build_config("paper-llama3.1-8b")
     bare = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch={}))
-    assert study_key(cfg, "controlled") == study_key(bare, "controlled")
-    assert "arch" not in study_key(cfg, "controlled")["config"]["model"]
+    assert study_key(cfg, "controlled", data) == study_key(bare, "controlled", data)
+    assert "arch" not in study_key(cfg, "controlled", data)["config"]["model"]

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from loc_unlearn.commands.study import report as cmd_report
+from loc_unlearn.config import build_config
 from loc_unlearn.errors import UserError
 from loc_unlearn.evaluate.stats import min_detectable_difference
-from loc_unlearn.report import build_report, cmd_report, plots
+from loc_unlearn.report import build_report, plots
 
 METHODS = ("npo", "wga")
 SEEDS = (0, 1)
@@ -205,7 +207,7 @@ def test_bad_input_is_user_error(tmp_path):
     with pytest.raises(UserError, match=re.escape(str(d / "results.json"))):
         build_report(d)
     with pytest.raises(UserError, match="RUN_DIR|run directory"):
-        cmd_report(None)
+        cmd_report(build_config(overrides=[f"runs_dir={tmp_path}"]))
     (d / "results.json").write_text('{"study": "controlled", "runs": [')
     with pytest.raises(UserError, match="not valid JSON.*line 1"):
         build_report(d)
@@ -257,7 +259,7 @@ def test_one_seed_report_prints_no_nan_and_no_zero_std(tmp_path):
 
 
 def test_one_seed_cli_summary(tmp_path, capsys):
-    from loc_unlearn.studies.controlled import print_summary
+    from loc_unlearn.commands.study import print_controlled_summary as print_summary
 
     res, d = _one_seed(tmp_path)
     res["elapsed_s"] = 1.0
@@ -268,7 +270,8 @@ def test_one_seed_cli_summary(tmp_path, capsys):
 
 
 def test_cli_summary_several_seeds_shows_mdd_and_censoring(tmp_path, capsys):
-    from loc_unlearn.studies.controlled import paired_tests, print_summary
+    from loc_unlearn.commands.study import print_controlled_summary as print_summary
+    from loc_unlearn.studies.controlled import paired_tests
 
     res = _controlled(False)
     res["tests"] = paired_tests(res["runs"], list(METHODS))
@@ -282,6 +285,8 @@ def test_cli_summary_several_seeds_shows_mdd_and_censoring(tmp_path, capsys):
 
 
 def test_setup_table_and_glossary(tmp_path):
+    import pathlib
+
     res = _controlled(False)
     md = build_report(_write(tmp_path, res, "from_config"))["md"].read_text()
     assert md.index("## Setup") < md.index("## AUES: Oracle vs Random")
@@ -290,10 +295,19 @@ def test_setup_table_and_glossary(tmp_path):
                   ("authors", "20"), ("seeds", "2 (0, 1)"), ("parameters", "not recorded")):
         assert f"| {cells[0]} | {cells[1]} |" in setup
     glossary = md.split("## Glossary", 1)[1].split("\n## ", 1)[0]
-    for term, sec in (("AUES", "§4"), ("ES", "§2"), ("FS", "§2"), ("RS", "§2"), ("MU95", "§4"), ("FQ", "§3"),
-                      ("MU", "§3"), ("MDD", "§11")):
+    for term, ref in (("AUES", "metrics.md#aues"), ("ES", "metrics.md#extraction-strength-es"),
+                      ("FS", "metrics.md#forget-and-retain-scores-fs-rs"),
+                      ("RS", "metrics.md#forget-and-retain-scores-fs-rs"), ("MU95", "metrics.md#mu95"),
+                      ("FQ", "metrics.md#forget-quality-fq"), ("MU", "metrics.md#model-utility-mu"),
+                      ("MDD", "statistics.md#minimum-detectable-difference-mdd"),
+                      ("Oracle / Random", "studies.md#step-3-oracle-and-random")):
         line = next(ln for ln in glossary.splitlines() if ln.startswith(f"**{term}**:"))
-        assert f"SPEC {sec}" in line
+        assert line.endswith(f"Definition: `docs/{ref}`.")
+        # the anchor is a heading of that reference page (GitHub's anchor rule)
+        page, anchor = ref.split("#")
+        docs = pathlib.Path(__file__).resolve().parents[1] / "docs"
+        heads = [h.lstrip("#").strip() for h in (docs / page).read_text().splitlines() if h.startswith("#")]
+        assert anchor in [re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in heads]
     # a recorded setup wins over the config
     res["setup"] = {"model": "meta-llama/Llama-3.1-8B-Instruct", "n_params": 8030261248, "n_layers": 32, "d_ff": 14336,
                     "hidden": 4096, "architecture": "llama", "n_forget": 400, "n_retain": 3600, "n_authors": None}
@@ -308,17 +322,18 @@ def test_setup_table_and_glossary(tmp_path):
 def test_setup_info_reads_scale_without_loading_weights(tmp_path, tiny_model_dir):
     from loc_unlearn.config import build_config
     from loc_unlearn.models.load import load_model
-    from loc_unlearn.report import setup_info
+    from loc_unlearn.stages import data_source
+    from loc_unlearn.studies.common import setup_info
 
     cfg = build_config(overrides=[f"runs_dir={tmp_path}", "data.n_authors=10", "data.qa_per_author=6",
                                   "data.n_real_authors=8", "data.n_world_facts=8"])
-    info = setup_info(cfg, tiny_model_dir)
+    info = setup_info(cfg, data_source(cfg), tiny_model_dir)
     model, _ = load_model(str(tiny_model_dir))
     assert info["n_params"] == sum(p.numel() for p in model.parameters())
     assert (info["n_layers"], info["d_ff"], info["hidden"], info["architecture"]) == (2, 64, 32, "llama")
     assert (info["n_forget"], info["n_retain"], info["n_authors"]) == (6, 54, 10)  # 1 of 10 authors x 6 QA
     assert "note" not in info
-    bad = setup_info(cfg, tmp_path / "no-model")
+    bad = setup_info(cfg, data_source(cfg), tmp_path / "no-model")
     assert "model scale not read" in bad["note"] and bad["n_forget"] == 6
 
 

@@ -17,10 +17,11 @@ SMALL = ["study.methods=npo", "study.localizers=random", "study.output_fit=false
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, mini_cfg):
-    from loc_unlearn.studies.controlled import run_study
+    from loc_unlearn.studies.common import run_study
+    from loc_unlearn.studies.controlled import design
 
     cfg = mini_cfg(tmp_path_factory.mktemp("runs"), *SMALL)
-    d = run_study(cfg)
+    d = run_study(cfg, design(cfg))
     return cfg, d, json.loads((d / "results.json").read_text())
 
 
@@ -81,7 +82,7 @@ def test_paired_tests_recomputed_with_scipy(study):
 
 
 def test_report_and_summary_have_the_robustness_section(study, capsys):
-    from loc_unlearn.studies.controlled import print_summary
+    from loc_unlearn.commands.study import print_controlled_summary as print_summary
 
     _, d, _ = study
     md = (d / "report.md").read_text()
@@ -95,14 +96,15 @@ def test_report_and_summary_have_the_robustness_section(study, capsys):
 def test_rerun_reuses_the_attack_stages(study, monkeypatch):
     """With the study directory gone, a rerun rebuilds results.json from the cached stages: no training
     (unlearning or relearning) runs, and the robustness numbers are the same."""
-    from loc_unlearn.studies.controlled import run_study
+    from loc_unlearn.studies.common import run_study
+    from loc_unlearn.studies.controlled import design
     from loc_unlearn.train import loop
 
     cfg, d, res = study
     calls = []
     monkeypatch.setattr(loop, "train", lambda *a, **k: calls.append(1))
     shutil.rmtree(d)
-    d2 = run_study(cfg)
+    d2 = run_study(cfg, design(cfg))
     assert calls == []
     res2 = json.loads((d2 / "results.json").read_text())
     assert res2["robustness"]["runs"] == res["robustness"]["runs"]
@@ -114,7 +116,8 @@ def test_reduced_attacks_the_final_checkpoint_only(study, monkeypatch):
     import dataclasses
 
     from loc_unlearn.studies import robustness
-    from loc_unlearn.studies.controlled import run_study
+    from loc_unlearn.studies.common import run_study
+    from loc_unlearn.studies.controlled import design
     from loc_unlearn.train import loop
 
     cfg, d, res = study
@@ -123,7 +126,8 @@ def test_reduced_attacks_the_final_checkpoint_only(study, monkeypatch):
                                                 "bits": [4], "nf4": False})
     calls = []
     monkeypatch.setattr(loop, "train", lambda *a, **k: calls.append(1))
-    red = run_study(dataclasses.replace(cfg, study=dataclasses.replace(cfg.study, robustness="reduced")))
+    rcfg = dataclasses.replace(cfg, study=dataclasses.replace(cfg.study, robustness="reduced"))
+    red = run_study(rcfg, design(rcfg))
     rob = json.loads((red / "results.json").read_text())["robustness"]
     assert calls == [] and rob["settings"]["checkpoints"] == ["final"]
     assert rob["runs"] == [r for r in res["robustness"]["runs"] if r["checkpoint"] == "final"]

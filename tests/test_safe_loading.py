@@ -159,8 +159,8 @@ def mini_models(tmp_path_factory):
 
     cfg = mini_cfg(tmp_path_factory.mktemp("runs"))
     base = stages.tiny_base(cfg).path / "model"
-    theta_r = stages.retain_model(cfg)
-    theta_o = stages.inject(cfg, theta_r)
+    theta_r = stages.retain_model(cfg, stages.data_source(cfg))
+    theta_o = stages.inject(cfg, stages.data_source(cfg), theta_r)
     return {"cfg": cfg, "base": base, "theta_r": Path(theta_r.path), "theta_o": Path(theta_o.path),
             "mask": theta_o.run.path / "mask.safetensors"}
 

@@ -13,11 +13,12 @@ from loc_unlearn.evaluate.tradeoff import aues, mu95
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, mini_cfg):
-    from loc_unlearn.studies.controlled import run_study
+    from loc_unlearn.studies.common import run_study
+    from loc_unlearn.studies.controlled import design
 
     runs = tmp_path_factory.mktemp("runs")
     cfg = mini_cfg(runs)
-    d = run_study(cfg)
+    d = run_study(cfg, design(cfg))
     return cfg, d, json.loads((d / "results.json").read_text())
 
 
@@ -65,14 +66,14 @@ def test_trajectory_points_are_each_checkpoints_own_metrics(study):
     from loc_unlearn.train.loop import load_checkpoint
 
     cfg, _, res = study
-    theta_r = stages.retain_model(cfg)
-    sets, ref_tr = stages.data_source(cfg).eval_sets(), stages.reference_truth_ratios(cfg, theta_r)
+    theta_r = stages.retain_model(cfg, stages.data_source(cfg))
+    sets, ref_tr = stages.data_source(cfg).eval_sets(), stages.reference_truth_ratios(cfg, stages.data_source(cfg), theta_r)
     tcfg = cfg.unlearn.train
     reevaluate = {(0, "npo", "oracle"), (1, "rmu", "random")}
     for r in res["runs"]:
-        theta_o = stages.inject(cfg, theta_r, r["seed"])  # cached: theta_0 of this run
+        theta_o = stages.inject(cfg, stages.data_source(cfg), theta_r, r["seed"])  # cached: theta_0 of this run
         traj, ckpts = r["trajectory"], _checkpoints(r["run_dir"])
-        m0 = stages.evaluate(cfg, theta_o, theta_r)
+        m0 = stages.evaluate(cfg, stages.data_source(cfg), theta_o, theta_r)
         assert traj[0] == {"step": 0, **{k: m0[k] for k in POINT_KEYS}}
         assert len(traj) == len(ckpts) + 1 and len(ckpts) == round(tcfg.epochs / tcfg.checkpoint_every)
         states = [json.loads((ck / "trainer_state.json").read_text()) for ck in ckpts]
@@ -134,6 +135,7 @@ def test_theta_o_differs_from_theta_r_only_in_v_tgt(study):
 
 def test_rerun_reuses_everything(study, monkeypatch):
     from loc_unlearn.studies import controlled
+    from loc_unlearn.studies.common import run_study
     from loc_unlearn.train import loop
 
     cfg, d, res = study
@@ -143,7 +145,7 @@ def test_rerun_reuses_everything(study, monkeypatch):
         raise AssertionError("a complete study must not train again")
 
     monkeypatch.setattr(loop, "train", boom)
-    assert controlled.run_study(cfg) == d
+    assert run_study(cfg, controlled.design(cfg)) == d
     assert (d / "results.json").read_bytes() == before
 
 
@@ -154,6 +156,7 @@ def test_rerun_without_study_outputs_reuses_inner_runs_and_recomputes_an_incompl
     its checkpoints). The rebuilt study has the same numbers. Runs in place: run keys hold absolute
     paths (the random-complement mask's source), so a copied runs_dir would not be reused."""
     from loc_unlearn.studies import controlled
+    from loc_unlearn.studies.common import run_study
     from loc_unlearn.train import loop
 
     cfg, d, res = study
@@ -171,7 +174,7 @@ def test_rerun_without_study_outputs_reuses_inner_runs_and_recomputes_an_incompl
         return real_train(*a, **k)
 
     monkeypatch.setattr(loop, "train", counting_train)
-    assert controlled.run_study(cfg) == d
+    assert run_study(cfg, controlled.design(cfg)) == d
     assert trained == [victim / "train"]
     for p, (mtime, data) in manifests.items():
         assert p.stat().st_mtime_ns == mtime and p.read_bytes() == data, f"{p.parent} was rebuilt"
@@ -191,11 +194,11 @@ def test_curve_mix_ends_at_the_final_checkpoint(study):
     from loc_unlearn.stages import prepare_seed
 
     cfg, _, res = study
-    theta_r = stages.retain_model(cfg)
-    prep = prepare_seed(cfg, theta_r, 0)
+    theta_r = stages.retain_model(cfg, stages.data_source(cfg))
+    prep = prepare_seed(cfg, stages.data_source(cfg), theta_r, 0)
     ucfg = method_config(cfg.unlearn, "npo")
     mix_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, curve="mix"))
-    mix = stages.unlearn(mix_cfg, prep["theta_o"], prep["masks"]["oracle"], theta_r, ucfg).metrics()["trajectory"]
+    mix = stages.unlearn(mix_cfg, stages.data_source(mix_cfg), prep["theta_o"], prep["masks"]["oracle"], theta_r, ucfg).metrics()["trajectory"]
     ref = next(r for r in res["runs"] if r["seed"] == 0 and r["method"] == "npo" and r["region"] == "oracle")
     assert [p.get("mix") for p in mix] == [None] + [j / 10 for j in range(1, 11)]
     assert mix[0] == ref["trajectory"][0]

@@ -64,8 +64,8 @@ def mini(tmp_path_factory, mini_cfg):
                    "model.tiny.pretrain_epochs=10", "finetune.train.epochs=6", "inject.train.epochs=80",
                    "inject.ratio=0.4", "inject.train.lr=3e-2", "inject.max_norm_ratio=0",
                    "study.scopes=[global,per_layer]", "study.localizers=[random]")
-    theta_r = stages.retain_model(cfg)
-    preps = [stages.prepare_seed(cfg, theta_r, s) for s in range(cfg.study.seeds)]
+    theta_r = stages.retain_model(cfg, stages.data_source(cfg))
+    preps = [stages.prepare_seed(cfg, stages.data_source(cfg), theta_r, s) for s in range(cfg.study.seeds)]
     return cfg, theta_r, preps
 
 
@@ -84,10 +84,11 @@ def test_injection_records_norm_ratios_of_both_models(mini):
 
 
 def test_localization_check_runs_both_scopes_with_the_norm_sanity_rows(mini):
+    from loc_unlearn import stages
     from loc_unlearn.studies.controlled import localization_check
 
     cfg, _, preps = mini
-    rows = localization_check(cfg, preps[0])
+    rows = localization_check(cfg, stages.data_source(cfg), preps[0])
     assert [(r["method"], r["scope"]) for r in rows] == [
         (m, s) for s in ("global", "per_layer") for m in ("norm", "norm-ref", "random")]
     ref = next(r for r in rows if r["method"] == "norm-ref" and r["scope"] == "global")
@@ -104,14 +105,14 @@ def test_positive_control_on_the_mini_study(mini):
     from loc_unlearn.studies.controls import positive_control
 
     cfg, theta_r, preps = mini
-    pc = positive_control(cfg, theta_r, preps)
-    fs_r = stages.evaluate(cfg, theta_r, theta_r)["FS"]
+    pc = positive_control(cfg, stages.data_source(cfg), theta_r, preps)
+    fs_r = stages.evaluate(cfg, stages.data_source(cfg), theta_r, theta_r)["FS"]
     assert len(pc["seeds"]) == len(preps) == pc["test"]["n"]
     for row, pr in zip(pc["seeds"], preps):
         # Oracle reset = theta_r again (bit for bit); random reset = theta_o unchanged.
         assert row["oracle"]["FS"] == fs_r
         assert row["oracle"]["max_abs_change"] > 0 and row["random"]["max_abs_change"] == 0.0
-        assert row["random"]["FS"] == stages.evaluate(cfg, pr["theta_o"], theta_r)["FS"]
+        assert row["random"]["FS"] == stages.evaluate(cfg, stages.data_source(cfg), pr["theta_o"], theta_r)["FS"]
         assert row["oracle"]["FS"] >= row["random"]["FS"]  # removing the injected facts cannot lower FS
     # the mini model learns little (forget ES ~0.02), but the difference has the right sign
     assert sum(pc["oracle_fs"]) > sum(pc["random_fs"])

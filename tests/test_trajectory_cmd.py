@@ -14,10 +14,10 @@ from helpers import MINI
 def test_trajectory_of_saved_checkpoints_matches_the_run(tmp_path, mini_cfg, capsys):
     runs = tmp_path / "runs"
     cfg = mini_cfg(runs)
-    theta_r = stages.retain_model(cfg)
-    prep = stages.prepare_seed(cfg, theta_r, 0)
+    theta_r = stages.retain_model(cfg, stages.data_source(cfg))
+    prep = stages.prepare_seed(cfg, stages.data_source(cfg), theta_r, 0)
     theta_o = prep["theta_o"]
-    run = stages.unlearn(cfg, theta_o, prep["masks"]["oracle"], theta_r, method_config(cfg.unlearn, "npo"))
+    run = stages.unlearn(cfg, stages.data_source(cfg), theta_o, prep["masks"]["oracle"], theta_r, method_config(cfg.unlearn, "npo"))
     met = run.metrics()
     folders = []
     for pt in met["trajectory"][1:]:

@@ -638,17 +638,3 @@ def format_markdown(p: dict) -> str:
     out += _md_table(p["largest_micro"]["columns"], p["largest_micro"]["rows"])
     out += ["", "Per GPU, GB:", ""] + _md_table(list(COLUMNS), [_cells(r) for r in rows])
     return "\n".join(out) + "\n"
-
-
-def cmd_plan(cfg: Config) -> dict:
-    """Print the plan; with out=DIR also write plan.json and plan.md there."""
-    from .utils import write_json_atomic, write_text_atomic
-
-    p = plan(cfg)
-    print(format_text(p))
-    if cfg.out:
-        out = Path(cfg.out)
-        write_json_atomic(out / "plan.json", {k: v for k, v in p.items() if not k.startswith("_")})
-        write_text_atomic(out / "plan.md", format_markdown(p))
-        print(f"\nwrote {out / 'plan.json'} and {out / 'plan.md'}")
-    return p

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -107,12 +106,6 @@ def _sort_safetensors_metadata(path) -> None:
             return
         f.seek(8)
         f.write(new + b" " * (n - len(new)))  # the format allows trailing spaces in the header
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 def progress(iterable=None, **kw):

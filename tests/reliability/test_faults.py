@@ -26,9 +26,11 @@ def _cli(runs_dir, fault=None):
 
 
 def test_killed_study_resumes_to_identical_numbers(tmp_path, mini_cfg):
-    from loc_unlearn.studies.controlled import run_study
+    from loc_unlearn.studies.common import run_study
+    from loc_unlearn.studies.controlled import design
 
-    ref = json.loads((run_study(mini_cfg(tmp_path / "clean")) / "results.json").read_text())
+    cfg = mini_cfg(tmp_path / "clean")
+    ref = json.loads((run_study(cfg, design(cfg)) / "results.json").read_text())
     runs = tmp_path / "faulty"
     killed = 0
     for fault in FAULTS:

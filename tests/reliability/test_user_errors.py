@@ -44,7 +44,7 @@ def test_pathlike_model_typo_is_immediate(capsys, tmp_path, monkeypatch):
 
 
 def test_reference_accepts_a_run_dir_and_names_itself(capsys, tmp_path, tiny_model_dir):
-    from loc_unlearn.commands import resolve_model
+    from loc_unlearn.stages import resolve_model
     from loc_unlearn.runs import cached
 
     run = cached(tmp_path, "finetune", {"x": 1}, lambda p: __import__("shutil").copytree(tiny_model_dir, p / "model") and {})
@@ -67,12 +67,14 @@ def test_read_only_runs_dir(capsys, tmp_path, tiny_model_dir):
 
 def test_oserror_permission_is_one_paragraph(capsys, tmp_path, monkeypatch):
     """The same path as a read-only runs dir, also under root (which ignores permissions)."""
-    from loc_unlearn import commands
+    import dataclasses
+
+    from loc_unlearn.commands import COMMANDS
 
     def denied(cfg):
         raise PermissionError(13, "Permission denied", str(tmp_path / "evaluate" / "x"))
 
-    monkeypatch.setattr(commands, "cmd_evaluate", denied)
+    monkeypatch.setitem(COMMANDS, "evaluate", dataclasses.replace(COMMANDS["evaluate"], fn=denied))
     rc, err = run_cli(capsys, "evaluate", f"runs_dir={tmp_path}")
     assert rc == 2 and "cannot write" in err and str(tmp_path / "evaluate" / "x") in err and f"runs_dir={tmp_path}" in err
 
@@ -103,7 +105,7 @@ def test_waiting_for_a_run_lock_says_so(tmp_path, capsys, monkeypatch):
 
 def test_localize_out_folder_gets_mask_inside(tmp_path):
     """Before: out=<existing folder> raised IsADirectoryError from the mask writer."""
-    from loc_unlearn.commands import localize_out
+    from loc_unlearn.commands.pipeline import localize_out
 
     assert localize_out(str(tmp_path)) == tmp_path / "mask.safetensors"
     assert localize_out(str(tmp_path / "new") + "/") == tmp_path / "new" / "mask.safetensors"

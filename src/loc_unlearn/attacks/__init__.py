@@ -1,6 +1,6 @@
 """Robustness attacks on unlearned models (SPEC §10): relearning and weight quantization.
 
-Commands (`loc-unlearn attack relearn|quantize`) are in `attacks.commands` (imported on use, not here).
+The cached stages that run them are in stages/attacks.py; the commands in commands/attack.py.
 """
 from .quantize import (INCLUDE, quantizable_weights, quantization_attack, quantize_codes, quantize_model,
                        quantize_model_nf4, quantize_tensor)

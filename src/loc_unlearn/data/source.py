@@ -1,41 +1,15 @@
-"""Where a config's data is: the synthetic world (generated once into runs_dir, a cached run), a local
-folder of TOFU-named JSON/JSONL files, or a hub id, resolved once into a `DataSource` value that the
-stages read their rows from and key their runs by (its fingerprint hashes content, not paths)."""
+"""`DataSource`: where a config's data is (the synthetic world's run folder, a local folder of TOFU-named
+JSON/JSONL files, or a hub id) and a fingerprint of its content. stages.data_source resolves a config into
+one, once per command or study job; the stages read their rows from it and key their runs by it."""
 from __future__ import annotations
 
 import dataclasses
 import functools
-from dataclasses import asdict
 from pathlib import Path
 
-from ..config import Config
 from ..errors import DataError
-from ..runs import Run, cached
 from ..utils import log, sha256_file, sha256_json
-from .synthetic import GENERATOR_VERSION, write_world
 from .tofu import load_idk, load_split, retain_split_for
-
-
-def world_args(cfg: Config) -> dict:
-    """The `data` fields that define the synthetic world (`write_world`'s arguments)."""
-    skip = {"source", "forget_split", "retain_split", "max_eval_rows"}
-    return {k: v for k, v in asdict(cfg.data).items() if k not in skip}
-
-
-def synthetic_world(cfg: Config) -> Run:
-    return _synthetic_world(cfg.runs_dir, tuple(sorted(world_args(cfg).items())))
-
-
-@functools.lru_cache(maxsize=8)
-def _synthetic_world(runs_dir: str, items: tuple) -> Run:
-    # Memoized per process: every stage asks for the data; generate/verify it once.
-    d = dict(items)
-
-    def build(p: Path) -> dict:
-        write_world(p, **d)
-        return {"files": sorted(f.name for f in p.iterdir() if f.is_file())}
-
-    return cached(runs_dir, "data", {"data": d, "generator_version": GENERATOR_VERSION}, build)
 
 
 EVAL_SETS = {"forget": None, "retain": "retain_perturbed", "real_authors": "real_authors_perturbed",
@@ -44,7 +18,7 @@ EVAL_SETS = {"forget": None, "retain": "retain_perturbed", "real_authors": "real
 
 @dataclasses.dataclass(frozen=True)
 class DataSource:
-    """The data of a config, resolved once (`data_source`): where the TOFU-format splits are and a
+    """The data of a config, resolved once (`stages.data_source`): where the TOFU-format splits are and a
     fingerprint of their content for run keys."""
     path: str
     """Folder or hub id, for `tofu.load_split`."""
@@ -92,22 +66,7 @@ class DataSource:
         return sets
 
 
-def data_source(cfg: Config) -> DataSource:
-    """Resolve `cfg.data`: the synthetic world (generated once into runs_dir), a local folder of
-    TOFU-named files, or a hub id."""
-    d = cfg.data
-    if d.source == "synthetic":
-        run = synthetic_world(cfg)
-        path, fp = str(run.path), run.fingerprint
-    elif Path(d.source).is_dir():
-        path, fp = str(Path(d.source)), _folder_fingerprint(Path(d.source))
-    else:
-        path, fp = d.source, f"hub:{d.source}"
-    return DataSource(path=path, fingerprint=fp, source=d.source, forget_split=d.forget_split,
-                      configured_retain_split=d.retain_split, max_eval_rows=d.max_eval_rows)
-
-
-def _folder_fingerprint(folder: Path) -> str:
+def folder_fingerprint(folder: Path) -> str:
     files = sorted(f for f in folder.iterdir() if f.suffix in (".json", ".jsonl"))
     # Hash the files once per process, again only when one changed (size or mtime).
     return _hash_files(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))

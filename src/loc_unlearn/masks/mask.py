@@ -14,9 +14,6 @@ import torch
 from ..errors import MaskError
 from ..utils import save_safetensors_atomic
 
-META_KEYS = ("method", "ratio", "scope", "seed", "source_mask", "fingerprint")
-
-
 class Mask:
     def __init__(self, mask: torch.Tensor, meta: dict | None = None):
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.dim() != 2:

@@ -1,5 +1,5 @@
 """Study reports: `build_report(study_dir)` turns a study's results.json into report.html (one
-self-contained file) and report.md (+ plots/*.png). `loc-unlearn report RUN_DIR` rebuilds them.
+self-contained file) and report.md (+ plots/*.png). `loc-unlearn report RUN_DIR` rebuilds them (commands/study.py).
 
 The headline comes first: for each unlearning method, Oracle vs Random AUES with the paired-t p-value
 (SPEC §7) or, for the localization benchmark, each localizer against the random mask (SPEC §8).
@@ -12,56 +12,13 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
-from ..utils import atomic_write, log, write_text_atomic
+from ..utils import atomic_write, write_text_atomic
 from . import plots, robustness, setup, tables
 from .common import REGIONS, by_seed, fmt, fmt_mdd, fmt_ms, fmt_p, isnum, methods_of, paired
 from .render import Plot, to_html, to_markdown
 
 STUDIES = ("controlled", "localization")
 _NUM = (int, float)
-
-
-def setup_info(cfg, model_dir) -> dict:
-    """Model and data scale of a study for results.json `setup` (the report's Setup table).
-
-    Architecture, L, d_ff, hidden and the parameter count come from `model_dir`'s config.json, built on
-    the meta device (no weights are read, so this is instant for an 8B model too); forget/retain sizes
-    from the study's data. Anything unreadable is left out with a `note`, never an exception: the
-    report must still be written.
-    """
-    import torch
-
-    from .. import stages
-    from ..models.value_vectors import fingerprint
-
-    m = cfg.model
-    info: dict = {"model": (m.path + (f" ({m.gguf_file})" if m.gguf_file else "")) if m.path
-                  else setup.PRESET_MODELS.get(m.preset, f"{m.preset} preset base model")}
-    notes = []
-    try:
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        hf = AutoConfig.from_pretrained(str(model_dir))
-        with torch.device("meta"):
-            meta_model = AutoModelForCausalLM.from_config(hf)
-        fp = fingerprint(meta_model)
-        info.update(architecture=fp["architecture"], n_layers=fp["n_layers"], d_ff=fp["d_ff"], hidden=fp["hidden"],
-                    n_params=int(sum(p.numel() for p in meta_model.parameters())))
-    except Exception as e:  # noqa: BLE001 - a report field, not a reason to fail the study
-        notes.append(f"model scale not read from {model_dir}: {type(e).__name__}: {e}"[:300])
-    try:
-        info["forget_split"] = cfg.data.forget_split
-        data = stages.data_source(cfg)
-        info["retain_split"] = data.retain_split
-        info["n_forget"] = len(data.forget_rows())
-        info["n_retain"] = len(data.retain_rows())
-        if cfg.data.source == "synthetic":
-            info["n_authors"] = cfg.data.n_authors
-    except Exception as e:  # noqa: BLE001
-        notes.append(f"data sizes not read: {type(e).__name__}: {e}"[:300])
-    if notes:
-        info["note"] = "; ".join(notes)
-    return info
 
 
 def _need(obj: dict, key: str, types, where: str, path: Path):
@@ -261,19 +218,6 @@ def build_report(study_dir: str | Path) -> dict:
     for f in [md, htm, *paths]:
         f.chmod(0o644)  # atomic_write's temp files are private (0600); a report is meant to be shared
     return {"html": htm, "md": md, "plots": paths}
-
-
-def cmd_report(cfg, run_dir: str | None = None) -> dict:
-    """`loc-unlearn report RUN_DIR`: rebuild the report of a study run directory."""
-    if not run_dir:
-        raise UserError("report: give the study run directory, e.g. `loc-unlearn report runs/study-controlled-<hash>`")
-    d = Path(run_dir)
-    if not d.exists() and (Path(cfg.runs_dir) / run_dir).is_dir():
-        d = Path(cfg.runs_dir) / run_dir  # a bare run name, relative to runs_dir
-    out = build_report(d)
-    log(f"report of {d}: {len(out['plots'])} plots")
-    print(f"report: {out['html']}\n        {out['md']}")
-    return out
 
 
 def cli_summary(res: dict) -> list[str]:

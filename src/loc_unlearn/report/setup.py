@@ -1,5 +1,5 @@
 """The report's Setup table (model and data scale, visible outside the collapsed config) and its
-glossary of metrics, each citing its SPEC section."""
+glossary of metrics, each pointing at its definition in the repository's reference pages (docs/)."""
 from __future__ import annotations
 
 from .common import MU95_MARK, Table, fmt, isnum, methods_of
@@ -98,29 +98,49 @@ def setup_table(res: dict) -> Table | None:
     return Table(["setting", "value"], rows, notes)
 
 
+DOCS = "docs"
+"""The reference pages, relative to the repository root (index: docs/README.md)."""
+
+
+def definition(ref: str) -> str:
+    """Where a term is defined: `ref` ("page.md#anchor") as a repository path, e.g. docs/metrics.md#aues.
+    The report is written into a run directory, away from the repository, so a relative link would not
+    resolve; the glossary shows the path (as code) instead of linking it."""
+    return f"{DOCS}/{ref}"
+
+
+# (term, its definition as page.md#anchor under docs/, explanation)
 GLOSSARY = [
-    ("ES", "Extraction Strength of one QA pair: 1 - k*/T, k* = the shortest answer prefix from which greedy "
-           "decoding reproduces the rest of the answer (SPEC §2). 1 = the answer is extracted from the question alone."),
-    ("FS", "Forget score = 1 - mean ES on the forget set (SPEC §2); higher = more forgotten."),
-    ("RS", "Retain score = mean ES on the retain eval set (SPEC §2); higher = more kept."),
-    ("AUES", "Area under the RS-vs-FS curve of an unlearning trajectory (Pareto envelope, left anchor, trapezoid "
-             "rule; SPEC §4). Range [0, 1]; higher is a better forget/retain trade-off."),
-    ("FQ", "Forget Quality: two-sided KS-test p-value between the forget-set truth ratios of the model and of the "
-           "retain-only reference theta_r (SPEC §3); reported as log10 FQ, higher = closer to never having seen the data."),
-    ("MU", "Model Utility: harmonic mean of Prob, ROUGE-L and truth ratio on retain, real-author and world-fact "
-           "sets (SPEC §3)."),
-    ("MU95", "log10 FQ where MU first falls below 0.95 MU(theta_0), interpolated (SPEC §4); higher is better. "
-             f"{MU95_MARK} = MU never fell that far: the last point's value stands in (a censored value)."),
-    ("MDD", "Minimum detectable difference: the smallest true mean difference a two-sided paired t-test at 0.05 "
-            "detects with power 0.8, given n and the sd of per-seed differences (SPEC §11)."),
+    ("ES", "metrics.md#extraction-strength-es",
+     "Extraction Strength of one QA pair: 1 - k*/T, k* = the shortest answer prefix from which greedy "
+     "decoding reproduces the rest of the answer. 1 = the answer is extracted from the question alone."),
+    ("FS", "metrics.md#forget-and-retain-scores-fs-rs",
+     "Forget score = 1 - mean ES on the forget set; higher = more forgotten."),
+    ("RS", "metrics.md#forget-and-retain-scores-fs-rs",
+     "Retain score = mean ES on the retain eval set; higher = more kept."),
+    ("AUES", "metrics.md#aues",
+     "Area under the RS-vs-FS curve of an unlearning trajectory (Pareto envelope, left anchor, trapezoid "
+     "rule). Range [0, 1]; higher is a better forget/retain trade-off."),
+    ("FQ", "metrics.md#forget-quality-fq",
+     "Forget Quality: two-sided KS-test p-value between the forget-set truth ratios of the model and of the "
+     "retain-only reference theta_r; reported as log10 FQ, higher = closer to never having seen the data."),
+    ("MU", "metrics.md#model-utility-mu",
+     "Model Utility: harmonic mean of Prob, ROUGE-L and truth ratio on retain, real-author and world-fact sets."),
+    ("MU95", "metrics.md#mu95",
+     "log10 FQ where MU first falls below 0.95 MU(theta_0), interpolated; higher is better. "
+     f"{MU95_MARK} = MU never fell that far: the last point's value stands in (a censored value)."),
+    ("MDD", "statistics.md#minimum-detectable-difference-mdd",
+     "Minimum detectable difference: the smallest true mean difference a two-sided paired t-test at 0.05 "
+     "detects with power 0.8, given n and the sd of per-seed differences."),
 ]
 CONTROLLED_GLOSSARY = [
-    ("Oracle / Random", "Unlearning restricted to V_tgt, the region the forget set was injected into, vs to a "
-                        "disjoint random region of the same size (SPEC §7)."),
+    ("Oracle / Random", "studies.md#step-3-oracle-and-random",
+     "Unlearning restricted to V_tgt, the region the forget set was injected into, vs to a disjoint random "
+     "region of the same size."),
 ]
 
 
 def glossary(res: dict) -> list[str]:
-    """Text blocks defining the report's metrics, each citing its SPEC section."""
+    """Text blocks defining the report's metrics, each ending with where it is defined (`definition`)."""
     items = GLOSSARY + (CONTROLLED_GLOSSARY if res.get("study") == "controlled" else [])
-    return [f"**{k}**: {v}" for k, v in items]
+    return [f"**{k}**: {v} Definition: `{definition(ref)}`." for k, ref, v in items]

@@ -1,12 +1,14 @@
 """The skeleton both studies share (controlled.py, SPEC §7; localization_benchmark.py, SPEC §8):
 
-    build the shared inputs in process -> enumerate the jobs -> execute them (executor.py: in process
-    or through submitit) -> gather the results from the cached runs -> write the study directory
-    (results.json) and its report.
+    resolve the data once -> build the shared inputs in process -> enumerate the jobs -> execute them
+    (executor.py: in process or through submitit) -> gather the results from the cached runs -> write
+    the study directory (results.json) and its report.
 
-A study is a `Study` value naming these parts. Job functions are module-level functions `job(cfg, spec)
--> dict`, so submitit can pickle them, and every job only calls stages (which cache their runs): a
-study reads demo -> run_study -> job -> stages.unlearn from top to bottom.
+A study module (controlled.py, localization_benchmark.py) defines `design(cfg) -> Study` naming these
+parts, and `run_study(cfg, design(cfg))` here runs any of them. Job functions are module-level functions
+`job(cfg, spec) -> dict`, so submitit can pickle them; a job resolves the data itself (it may run in
+another process) and only calls stages, which cache their runs: a study reads command -> run_study ->
+job -> stages.unlearn from top to bottom.
 """
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ from typing import Callable
 
 from .. import stages
 from ..config import Config
+from ..data.source import DataSource
 from ..report import build_report
+from ..report.setup import PRESET_MODELS
 from ..runs import Run, cached
 from ..utils import write_json_atomic
 from .executor import execute
@@ -38,16 +42,16 @@ class Wave:
 class Study:
     name: str
     """'controlled' | 'localization': results.json's `study`, run directory `study-<name>`."""
-    inputs: Callable[[Config], object]
+    inputs: Callable[[Config, DataSource], object]
     """Builds what every job shares (e.g. theta_r) in this process, before any job runs."""
     waves: list[Wave]
-    gather: Callable[[Config, dict[str, list[dict]]], dict]
-    """(cfg, {wave name: job results in job order}) -> the study's fields of results.json; reads cached runs."""
+    gather: Callable[[Config, DataSource, dict[str, list[dict]]], dict]
+    """(cfg, data, {wave name: job results in job order}) -> the study's fields of results.json; reads cached runs."""
     splits: tuple[str, ...] = ()
     """Data splits the study reads besides forget, retain, replay and the eval sets (checked before any work)."""
 
 
-def study_key(cfg: Config, name: str) -> dict:
+def study_key(cfg: Config, name: str, data: DataSource) -> dict:
     """A study's run key: the whole config (less where things are written and where models run) and the data."""
     # `device` is left out entirely (not blanked): where the models ran does not name another study, and
     # a study keyed before the setting existed keeps its key (the demo's cached results stay valid).
@@ -56,20 +60,21 @@ def study_key(cfg: Config, name: str) -> dict:
     # out too, so presets that carry it keep the study keys they had without it.
     config["model"] = {k: v for k, v in config["model"].items() if k != "arch"}
     return {"study": name, "config": config | {"runs_dir": "", "out": "", "input_model": ""},
-            "data": stages.data_source(cfg).fingerprint}
+            "data": data.fingerprint}
 
 
 def run_study(cfg: Config, study: Study) -> Path:
     """Run (or resume) `study`; returns its directory with results.json, report.html and report.md."""
     t0 = time.time()
-    key = study_key(cfg, study.name)
+    data = stages.data_source(cfg)
+    key = study_key(cfg, study.name, data)
 
     def build(p: Path) -> dict:
-        stages.check_data(cfg, *study.splits, eval_sets=True)  # every split the study reads, before any work
-        study.inputs(cfg)
+        stages.check_data(cfg, data, *study.splits, eval_sets=True)  # every split the study reads, before any work
+        study.inputs(cfg, data)
         outputs = {w.name: execute(cfg, w.job, w.specs, w.name) for w in study.waves}
         res = {"study": study.name, "preset": cfg.preset, "config": key["config"],
-               "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **study.gather(cfg, outputs)}
+               "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **study.gather(cfg, data, outputs)}
         res["elapsed_s"] = round(time.time() - t0, 1)
         write_json_atomic(p / "results.json", res)
         build_report(p)
@@ -83,3 +88,43 @@ def unlearn_result(job: dict, run: Run) -> dict:
     met = run.metrics()
     return {**job, "aues": met["aues"], "mu95": met["mu95"], "mu95_not_reached": met["mu95_not_reached"],
             "trajectory": met["trajectory"], "run_dir": str(run.path)}
+
+
+def setup_info(cfg: Config, data: DataSource, model_dir) -> dict:
+    """Model and data scale of a study for results.json `setup` (the report's Setup table).
+
+    Architecture, L, d_ff, hidden and the parameter count come from `model_dir`'s config.json, built on
+    the meta device (no weights are read, so this is instant for an 8B model too); forget/retain sizes
+    from the study's data. Anything unreadable is left out with a `note`, never an exception: the
+    report must still be written.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..models.value_vectors import fingerprint
+
+    m = cfg.model
+    info: dict = {"model": (m.path + (f" ({m.gguf_file})" if m.gguf_file else "")) if m.path
+                  else PRESET_MODELS.get(m.preset, f"{m.preset} preset base model")}
+    notes = []
+    try:
+        hf = AutoConfig.from_pretrained(str(model_dir))
+        with torch.device("meta"):
+            meta_model = AutoModelForCausalLM.from_config(hf)
+        fp = fingerprint(meta_model)
+        info.update(architecture=fp["architecture"], n_layers=fp["n_layers"], d_ff=fp["d_ff"], hidden=fp["hidden"],
+                    n_params=int(sum(p.numel() for p in meta_model.parameters())))
+    except Exception as e:  # noqa: BLE001 - a report field, not a reason to fail the study
+        notes.append(f"model scale not read from {model_dir}: {type(e).__name__}: {e}"[:300])
+    try:
+        info["forget_split"] = cfg.data.forget_split
+        info["retain_split"] = data.retain_split
+        info["n_forget"] = len(data.forget_rows())
+        info["n_retain"] = len(data.retain_rows())
+        if cfg.data.source == "synthetic":
+            info["n_authors"] = cfg.data.n_authors
+    except Exception as e:  # noqa: BLE001
+        notes.append(f"data sizes not read: {type(e).__name__}: {e}"[:300])
+    if notes:
+        info["note"] = "; ".join(notes)
+    return info

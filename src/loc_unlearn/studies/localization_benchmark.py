@@ -9,14 +9,13 @@ unlearning runs, then gathering and the report.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from .. import stages
 from ..config import Config, method_config
+from ..data.source import DataSource
 from ..masks.diagnostics import concentrated
 from ..masks.mask import Mask
-from ..report.robustness import cli_lines as robustness_cli
 from ..utils import progress
 from . import common, robustness
 from .common import Study, Wave
@@ -25,31 +24,15 @@ MATCHED = "random~"  # `random~wagle`: random value vectors with WAGLE's per-lay
 SCOPE = "@"  # `wagle@per_layer`: WAGLE's top-k taken in every layer (study.scopes)
 
 
-def cmd_study(cfg: Config) -> None:
-    d = run_study(cfg)
-    res = json.loads((d / "results.json").read_text())
-    methods = cfg.study.methods
-    print(f"\n{'localizer':18s} " + " ".join(f"{m + ' AUES':>10s} {m + ' MU95':>10s}" for m in methods))
-    for loc in localizers(cfg):
-        cells = []
-        for m in methods:
-            r = next(x for x in res["runs"] if x["localizer"] == loc and x["method"] == m)
-            cells.append(f"{r['aues']:10.3f} {r['mu95']:10.2f}")
-        print(f"{loc:18s} " + " ".join(cells))
-    print("\n".join(robustness_cli(res)))
-    print(f"\nreport: {d / 'report.html'}\n        {d / 'report.md'}\nresults: {d / 'results.json'}")
-
-
-def run_study(cfg: Config) -> Path:
-    """Run (or resume) the localization benchmark; returns the study directory with results.json."""
+def design(cfg: Config) -> Study:
+    """The localization benchmark as a `Study` (common.run_study runs it)."""
     waves = [Wave("unlearning runs", unlearn_job, enumerate_jobs(cfg))]
     if robustness.enabled(cfg):  # SPEC §10 on every unlearned model, after the references
         waves += [Wave("quantization references", reference_job, [{"model": "full"}, {"model": "theta_r"}]),
                   Wave("robustness attacks", attack_job, enumerate_jobs(cfg))]
-    return common.run_study(cfg, Study(
-        name="localization",
-        inputs=build_masks,  # the models and every mask, so no two jobs build one (random~X needs X's)
-        waves=waves, gather=gather, splits=("full",)))  # the full-data model is fine-tuned on `full`
+    return Study(name="localization",
+                 inputs=build_masks,  # the models and every mask, so no two jobs build one (random~X needs X's)
+                 waves=waves, gather=gather, splits=("full",))  # the full-data model is fine-tuned on `full`
 
 
 def localizers(cfg: Config) -> list[str]:
@@ -64,36 +47,39 @@ def enumerate_jobs(cfg: Config) -> list[dict]:
     return [{"localizer": loc, "method": m} for loc in localizers(cfg) for m in cfg.study.methods]
 
 
-def build_masks(cfg: Config) -> dict[str, Path]:
-    full, _ = _models(cfg)
-    return {loc: _mask(cfg, full, loc) for loc in progress(localizers(cfg), desc="localize")}
+def build_masks(cfg: Config, data: DataSource) -> dict[str, Path]:
+    full, _ = _models(cfg, data)
+    return {loc: _mask(cfg, data, full, loc) for loc in progress(localizers(cfg), desc="localize")}
 
 
-def _unlearn_run(cfg: Config, job: dict):
-    full, ret = _models(cfg)
-    mask = _mask(cfg, full, job["localizer"])
-    return stages.unlearn(cfg, full, mask, ret, method_config(cfg.unlearn, job["method"]))
+def _unlearn_run(cfg: Config, data: DataSource, job: dict):
+    full, ret = _models(cfg, data)
+    mask = _mask(cfg, data, full, job["localizer"])
+    return stages.unlearn(cfg, data, full, mask, ret, method_config(cfg.unlearn, job["method"]))
 
 
 def unlearn_job(cfg: Config, job: dict) -> dict:
-    return common.unlearn_result(job, _unlearn_run(cfg, job))
+    return common.unlearn_result(job, _unlearn_run(cfg, stages.data_source(cfg), job))
 
 
 def attack_job(cfg: Config, job: dict) -> dict:
     """Relearning (ES_o = the full-data model's) + quantization of one run's final and MU95 checkpoints."""
-    return {**job, "rows": robustness.attack_unlearned(cfg, job, _unlearn_run(cfg, job), _models(cfg)[0])}
+    data = stages.data_source(cfg)
+    return {**job, "rows": robustness.attack_unlearned(cfg, data, job, _unlearn_run(cfg, data, job),
+                                                       _models(cfg, data)[0])}
 
 
 def reference_job(cfg: Config, job: dict) -> dict:
     """A quantization reference: the full-data model (theta_0 of every run) or theta_r."""
-    full, ret = _models(cfg)
-    return robustness.reference_row(cfg, job["model"], full if job["model"] == "full" else ret)
+    data = stages.data_source(cfg)
+    full, ret = _models(cfg, data)
+    return robustness.reference_row(cfg, data, job["model"], full if job["model"] == "full" else ret)
 
 
-def gather(cfg: Config, outputs: dict[str, list[dict]]) -> dict:
+def gather(cfg: Config, data: DataSource, outputs: dict[str, list[dict]]) -> dict:
     """results.json of the localization benchmark (schema in docs/contracts.md), from the cached runs."""
-    full, _ = _models(cfg)
-    masks = {loc: _mask(cfg, full, loc) for loc in localizers(cfg)}
+    full, _ = _models(cfg, data)
+    masks = {loc: _mask(cfg, data, full, loc) for loc in localizers(cfg)}
     res = {"ratio": cfg.localize.ratio, "runs": outputs["unlearning runs"],
            "masks": [{"localizer": loc, "per_layer_counts": c, "layer_concentrated": concentrated(c)}
                      for loc, m in masks.items() for c in [Mask.load(m).per_layer_counts()]]}
@@ -103,16 +89,16 @@ def gather(cfg: Config, outputs: dict[str, list[dict]]) -> dict:
     return res
 
 
-def _models(cfg: Config) -> tuple[stages.ModelRef, stages.ModelRef]:
+def _models(cfg: Config, data: DataSource) -> tuple[stages.ModelRef, stages.ModelRef]:
     """(model fine-tuned on the full set, theta_r = the FQ reference)."""
-    return stages.finetune_on(cfg, "full"), stages.retain_model(cfg)
+    return stages.finetune_on(cfg, data, "full"), stages.retain_model(cfg, data)
 
 
-def _mask(cfg: Config, model: stages.ModelRef, localizer: str) -> Path:
+def _mask(cfg: Config, data: DataSource, model: stages.ModelRef, localizer: str) -> Path:
     name, _, scope = localizer.partition(SCOPE)
     if name.startswith(MATCHED):  # random~X@s: random vectors with the per-layer counts of X@s
-        src = _mask(cfg, model, localizer[len(MATCHED):])
+        src = _mask(cfg, data, model, localizer[len(MATCHED):])
         lcfg = dataclasses.replace(cfg.localize, method="random_layer_matched", source_mask=str(src))
     else:
         lcfg = dataclasses.replace(cfg.localize, method=name, source_mask="", scope=scope or "global")
-    return stages.localize(cfg, model, lcfg)
+    return stages.localize(cfg, data, model, lcfg)

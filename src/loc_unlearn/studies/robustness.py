@@ -2,8 +2,8 @@
 
 For each unlearning run of a study (`study.robustness` != off) two of its models are attacked: the FINAL
 checkpoint and the MU95 checkpoint (`mu95_checkpoint`). A checkpoint is first materialized as a model
-folder (theta_0 + the checkpoint's delta) by the cached stage `checkpoint_model`, so it has a fingerprint;
-the attacks are the cached runs of `attacks.commands.run_relearn` / `run_quantize` keyed by it. theta_0 of
+folder (theta_0 + the checkpoint's delta) by the cached stage `stages.checkpoint_model`, so it has a fingerprint;
+the attacks are the cached runs of `stages.relearn` / `stages.quantize` keyed by it. theta_0 of
 the study (theta_o in the controlled study, the full-data model in the localization benchmark) gives ES_o
 of R(k); theta_0 and theta_r quantized the same way are the quantization references, run once per model
 (`reference_rows`), not once per unlearning run.
@@ -17,12 +17,12 @@ The probe/relearn split uses `attack.seed` for every study seed, so all models a
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from .. import stages
 from ..config import Config
+from ..data.source import DataSource
 from ..errors import UserError
-from ..runs import Run, cached
+from ..runs import Run
 from ..train.checkpoint import checkpoints
 from ..utils import world_size
 
@@ -99,28 +99,6 @@ def checkpoint_steps(trajectory: list[dict], saved: list[int]) -> dict[str, dict
     return {"final": {"step": int(trajectory[-1]["step"])}, "mu95": {"step": sel["step"], "reached": sel["reached"]}}
 
 
-def checkpoint_model(cfg: Config, run: Run, theta_0: stages.ModelRef, step: int) -> stages.ModelRef:
-    """Checkpoint `step` of the unlearning run `run` (trained from `theta_0`) as a model folder: a cached
-    stage `checkpoint_model` (theta_0 + the checkpoint's delta via train.loop.load_checkpoint, then
-    models.load.save_model), so the attacks can key their runs by its fingerprint."""
-    from ..models.load import save_model
-    from ..train.loop import load_checkpoint
-
-    found = dict(checkpoints(run.path / "train"))
-    if step not in found:
-        raise UserError(f"{run.path}: no checkpoint ckpt-{step} under train/ (have {sorted(found)}); "
-                        f"delete the unlearn run to recompute it")
-
-    def build(p: Path) -> dict:
-        m, tok = theta_0.load(cfg)
-        save_model(load_checkpoint(m, found[step]), tok, p / "model")
-        return {"unlearn_run": str(run.path), "step": step}
-
-    key = {"unlearn": run.fingerprint, "step": step, "theta_0": theta_0.fingerprint}
-    out = cached(cfg.runs_dir, "checkpoint_model", key, build)
-    return stages.ModelRef(path=str(out.path / "model"), fingerprint=out.fingerprint, run=out)
-
-
 # ----------------------------------------------------------------------------- the attacks
 
 
@@ -133,20 +111,15 @@ def _quant_fields(q: dict) -> dict:
     return out
 
 
-def quantize_rows(cfg: Config, model: stages.ModelRef) -> dict:
-    """{FS_before, RS_before, FS_<b>bit, RS_<b>bit, ...} of `model` (cached run_quantize)."""
-    from ..attacks.commands import run_quantize
-
-    return _quant_fields(run_quantize(attack_config(cfg), model)["models"]["model"]["results"])
+def quantize_rows(cfg: Config, data: DataSource, model: stages.ModelRef) -> dict:
+    """{FS_before, RS_before, FS_<b>bit, RS_<b>bit, ...} of `model` (the cached stages.quantize)."""
+    return _quant_fields(stages.quantize(attack_config(cfg), data, model, {})["models"]["model"]["results"])
 
 
-def attack_model(cfg: Config, model: stages.ModelRef, theta_o: stages.ModelRef) -> dict:
+def attack_model(cfg: Config, data: DataSource, model: stages.ModelRef, theta_o: stages.ModelRef) -> dict:
     """Relearning (ES_o from `theta_o`) and quantization of one model; both cached. The row fields of
     the module docstring (without the identifying ones)."""
-    from ..attacks.commands import run_relearn
-
-    acfg = attack_config(cfg)
-    rel = run_relearn(dataclasses.replace(acfg, attack=dataclasses.replace(acfg.attack, theta_o=theta_o.path)), model)
+    rel = stages.relearn(attack_config(cfg), data, model, theta_o)
     row = {"es_o": rel["es_o"], "relearn": {}}
     for v, r in rel["variants"].items():
         row["relearn"][v] = {"es_u": r["es_u"], "recovery_defined": r["recovery_defined"],
@@ -155,10 +128,10 @@ def attack_model(cfg: Config, model: stages.ModelRef, theta_o: stages.ModelRef) 
         for p in r["points"]:
             if p["k"] > 0:
                 row[f"R_{v}_k{p['k']}"] = p["recovery"]
-    return row | quantize_rows(cfg, model)
+    return row | quantize_rows(cfg, data, model)
 
 
-def attack_unlearned(cfg: Config, ident: dict, run: Run, theta_0: stages.ModelRef) -> list[dict]:
+def attack_unlearned(cfg: Config, data: DataSource, ident: dict, run: Run, theta_0: stages.ModelRef) -> list[dict]:
     """One row per attacked checkpoint (attacked_checkpoints) of the unlearning run `run` (from `theta_0`,
     which is also ES_o's model). The final and MU95 checkpoints may be one step: then one model, attacked
     once (cached)."""
@@ -167,15 +140,15 @@ def attack_unlearned(cfg: Config, ident: dict, run: Run, theta_0: stages.ModelRe
     for name, sel in checkpoint_steps(traj, [s for s, _ in checkpoints(run.path / "train")]).items():
         if name not in names:
             continue
-        model = checkpoint_model(cfg, run, theta_0, sel["step"])
+        model = stages.checkpoint_model(cfg, run, theta_0, sel["step"])
         rows.append({**ident, "checkpoint": name, "step": sel["step"], "mu95_reached": sel.get("reached"),
-                     "model_dir": model.path, **attack_model(cfg, model, theta_0)})
+                     "model_dir": model.path, **attack_model(cfg, data, model, theta_0)})
     return rows
 
 
-def reference_row(cfg: Config, name: str, model: stages.ModelRef, **ident) -> dict:
+def reference_row(cfg: Config, data: DataSource, name: str, model: stages.ModelRef, **ident) -> dict:
     """The quantization reference `name` (theta_o of a seed, theta_r, the full-data model)."""
-    return {"model": name, **ident, "path": model.path, **quantize_rows(cfg, model)}
+    return {"model": name, **ident, "path": model.path, **quantize_rows(cfg, data, model)}
 
 
 def section(cfg: Config, rows: list[dict], references: list[dict], tests: list[dict] | None = None) -> dict:

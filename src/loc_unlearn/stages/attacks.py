@@ -1,35 +1,30 @@
-"""Commands of the robustness attacks (SPEC §10), for `loc-unlearn attack relearn|quantize` (wired by cli.py).
-
-Both take the attacked model from `model=PATH` (`cfg.input_model`: a run directory, a model folder or a hub
-id, resolved like every other command), read the `attack` config section, cache their result as a run
-(`runs_dir/attack_relearn/<hash>`, `runs_dir/attack_quantize/<hash>`: keyed by the attack section, the
-models' fingerprints, the data and the eval options they use), copy the result JSON to `out=` when given,
-and print a small table.
-"""
+"""The robustness-attack stages (SPEC §10): the relearning attack and the quantization attack on a
+model, each a cached run keyed by the attack settings, the models' fingerprints, the data and the eval
+options; and `checkpoint_model`, which materializes a checkpoint of an unlearning run as a model folder
+so the attacks can key their runs by its fingerprint. The attack algorithms are in attacks/."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict
 from pathlib import Path
 
-from .. import stages
-from ..commands import model_arg
+from ..attacks.quantize import quantization_attack
+from ..attacks.relearn import (RELEARN_DATA, TOFU_QA_PER_AUTHOR, attack_rows, probe_es, probe_relearn_split, relearn_attack,
+                               save_probe_split)
 from ..config import Config, TrainConfig
+from ..data.source import DataSource
 from ..errors import UserError
-from ..runs import cached
-from ..utils import device_info, world_size, write_json_atomic
-
-
-def _model(cfg: Config, path: str):
-    """A ModelRef for `path`, resolved exactly like `model=` (commands.model_arg)."""
-    return model_arg(dataclasses.replace(cfg, input_model=path)) if path else None
-
+from ..models.load import save_model
+from ..runs import Run, cached
+from ..train.checkpoint import checkpoints
+from ..train.loop import load_checkpoint
+from ..utils import device_info, world_size
+from .common import ModelRef, optional_model
+from .evaluate import eval_key
 
 def qa_per_author(cfg: Config) -> int:
     """Questions per forget author for the probe/relearn split: attack.qa_per_author, else the synthetic
     world's data.qa_per_author, else TOFU's 20 (SPEC §1)."""
-    from .relearn import TOFU_QA_PER_AUTHOR
-
     if cfg.attack.qa_per_author:
         return cfg.attack.qa_per_author
     return cfg.data.qa_per_author if cfg.data.source == "synthetic" else TOFU_QA_PER_AUTHOR
@@ -45,33 +40,21 @@ def attack_train_config(cfg: Config) -> TrainConfig:
                                seed=a.seed, warmup_epochs=0.0, checkpoint_every=0.0, max_steps=0)
 
 
-def _write_out(cfg: Config, name: str, result: dict) -> None:
-    if cfg.out:
-        write_json_atomic(Path(cfg.out) / name, result)
-        print(f"results written to {Path(cfg.out) / name}")
-
-
-def run_relearn(cfg: Config, model_ref=None) -> dict:
-    """The relearning attack on `model_ref` (default: model=PATH) for every variant in attack.relearn_data;
-    cached. Returns {"split": ..., "es_o": ..., "variants": {data: relearn_attack result}}."""
-    from .relearn import attack_rows, probe_es, probe_relearn_split, relearn_attack, save_probe_split
-
-    model_ref = model_ref or _model(cfg, cfg.input_model)
-    if model_ref is None:
-        raise UserError("attack relearn needs model=PATH (an unlearned model: run dir or model folder)")
-    theta_o = _model(cfg, cfg.attack.theta_o)
+def relearn(cfg: Config, data: DataSource, model_ref: ModelRef, theta_o: ModelRef | None = None) -> dict:
+    """The relearning attack on `model_ref` for every variant in attack.relearn_data, with ES_o from
+    `theta_o` (default: attack.theta_o); cached. Returns {"split": ..., "es_o": ..., "variants": {data: ...}}."""
+    theta_o = theta_o or optional_model(cfg.attack.theta_o, "attack.theta_o")
     a = cfg.attack
     for d in a.relearn_data:
-        if d not in ("forget_relearn", "retain"):
+        if d not in RELEARN_DATA:
             raise UserError(f"attack.relearn_data: unknown variant {d!r}; expected forget_relearn and/or retain")
     if world_size() > 1:
         raise UserError("attack relearn runs in a single process; start it without accelerate launch / torchrun")
-    data = stages.data_source(cfg)
     relearn_fields = ("schedule", "relearn_data", "warmup_steps", "seed", "keep_checkpoints")
     key = {"attack": {k: getattr(a, k) for k in relearn_fields},
            "train": asdict(attack_train_config(cfg)), "qa_per_author": qa_per_author(cfg),
            "model": model_ref.fingerprint, "theta_o": theta_o.fingerprint if theta_o else "",
-           "data": data.fingerprint, "retain_split": data.retain_split, "eval": stages.eval_key(cfg)}
+           "data": data.fingerprint, "retain_split": data.retain_split, "eval": eval_key(cfg)}
 
     def build(p: Path) -> dict:
         forget = data.forget_rows()
@@ -101,38 +84,21 @@ def run_relearn(cfg: Config, model_ref=None) -> dict:
     return cached(cfg.runs_dir, "attack_relearn", key, build).metrics()
 
 
-def cmd_attack_relearn(cfg: Config) -> None:
-    """`loc-unlearn attack relearn model=PATH [attack.theta_o=PATH] [out=DIR]`."""
-    from .relearn import format_relearn_table
-
-    res = run_relearn(cfg)
-    _write_out(cfg, "relearn.json", res)
-    for d, r in res["variants"].items():
-        print(format_relearn_table(r))
-
-
-def run_quantize(cfg: Config, model_ref=None) -> dict:
-    """The quantization attack (SPEC §10) on `model_ref` (default: model=PATH) and on attack.theta_o /
-    attack.theta_r when given (the same quantization of the references); cached.
+def quantize(cfg: Config, data: DataSource, model_ref: ModelRef, references: dict[str, ModelRef] | None = None) -> dict:
+    """The quantization attack (SPEC §10) on `model_ref` and on the `references` (default: attack.theta_o /
+    attack.theta_r when set: the same quantization of the references); cached.
     Returns {"models": {name: {"path": ..., "results": quantization_attack result}}, "settings": ...}."""
-    from .quantize import quantization_attack
-
-    model_ref = model_ref or _model(cfg, cfg.input_model)
-    if model_ref is None:
-        raise UserError("attack quantize needs model=PATH (an unlearned model: run dir or model folder)")
     a = cfg.attack
-    models = {"model": model_ref}
-    for name in ("theta_o", "theta_r"):
-        ref = _model(cfg, getattr(a, name))
-        if ref is not None:
-            models[name] = ref
+    if references is None:
+        references = {name: ref for name in ("theta_o", "theta_r")
+                      if (ref := optional_model(getattr(a, name), f"attack.{name}")) is not None}
+    models = {"model": model_ref, **references}
     bits = [*a.bits, *(["nf4"] if a.nf4 else [])]
     if not bits:
         raise UserError("attack quantize: attack.bits is empty and attack.nf4 is off: nothing to do")
-    data = stages.data_source(cfg)
     settings = {"bits": bits, "group_size": a.group_size, "symmetric": a.symmetric, "include": list(a.include)}
     key = {"quantize": settings, "models": {k: v.fingerprint for k, v in models.items()}, "data": data.fingerprint,
-           "eval": stages.eval_key(cfg)}
+           "eval": eval_key(cfg)}
 
     def build(p: Path) -> dict:
         sets = data.eval_sets()
@@ -150,19 +116,19 @@ def run_quantize(cfg: Config, model_ref=None) -> dict:
     return cached(cfg.runs_dir, "attack_quantize", key, build).metrics()
 
 
-def format_quantize_table(res: dict) -> str:
-    """A small text table of `run_quantize`'s result: FS and RS per model and setting."""
-    s = res["settings"]
-    lines = [f"quantization attack (RTN, group {s['group_size']}, {'symmetric' if s['symmetric'] else 'asymmetric'}, "
-             f"{'+'.join(s['include'])})", f"{'model':<10} {'bits':>5}  {'FS':>6}  {'RS':>6}"]
-    for name, m in res["models"].items():
-        for b, r in m["results"].items():
-            lines.append(f"{name:<10} {b:>5}  {r['FS']:>6.3f}  {r['RS']:>6.3f}")
-    return "\n".join(lines)
+def checkpoint_model(cfg: Config, run: Run, theta_0: ModelRef, step: int) -> ModelRef:
+    """Checkpoint `step` of the unlearning run `run` (trained from `theta_0`) as a model folder: theta_0 +
+    the checkpoint's delta (train.loop.load_checkpoint), saved by models.load.save_model."""
+    found = dict(checkpoints(run.path / "train"))
+    if step not in found:
+        raise UserError(f"{run.path}: no checkpoint ckpt-{step} under train/ (have {sorted(found)}); "
+                        f"delete the unlearn run to recompute it")
 
+    def build(p: Path) -> dict:
+        m, tok = theta_0.load(cfg)
+        save_model(load_checkpoint(m, found[step]), tok, p / "model")
+        return {"unlearn_run": str(run.path), "step": step}
 
-def cmd_attack_quantize(cfg: Config) -> None:
-    """`loc-unlearn attack quantize model=PATH [attack.theta_o=PATH attack.theta_r=PATH] [out=DIR]`."""
-    res = run_quantize(cfg)
-    _write_out(cfg, "quantize.json", res)
-    print(format_quantize_table(res))
+    key = {"unlearn": run.fingerprint, "step": step, "theta_0": theta_0.fingerprint}
+    out = cached(cfg.runs_dir, "checkpoint_model", key, build)
+    return ModelRef(path=str(out.path / "model"), fingerprint=out.fingerprint, run=out)
