@@ -204,7 +204,7 @@ def test_gradient_and_wagle_match_full_model_autograd(small):
     model.model.embed_tokens.weight.requires_grad_(False)  # a caller's flag must survive scoring
     snap = _snapshot(model)
     got_g = score("gradient", model, tok, forget, retain, cfg(batch_size=3))
-    got_w = score("wagle", model, tok, forget, retain, cfg(batch_size=5, wagle_gamma=1e-3))
+    got_w = score("wagle", model, tok, forget, retain, cfg(batch_size=5, params={"wagle_gamma": 1e-3}))
     _assert_unchanged(model, snap)
     gf = _answer_token_grads(model, tok, forget)
     gr = _answer_token_grads(model, tok, retain)

@@ -47,7 +47,7 @@ def cfg(**kw):
 
 
 def test_registered():
-    assert LOCALIZERS.get("norm") is norm_scores
+    assert LOCALIZERS.get("norm").fn is norm_scores
 
 
 def test_norm_recovers_inflated_columns():

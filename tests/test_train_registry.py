@@ -1,10 +1,9 @@
 """The objective registry is the one place that says what a method needs (issue 10 item 1)."""
-from dataclasses import fields
-
 import pytest
 import torch
 
-from loc_unlearn.config import TrainConfig, UnlearnConfig
+from loc_unlearn.config import TrainConfig, UnlearnConfig, build_config
+from loc_unlearn.plugins import check_methods
 from loc_unlearn.train.loop import train
 from loc_unlearn.train.objectives import (DEFAULTS, KNOWN_HPARAMS, OBJECTIVES, Objective, _combine, hparams_from,
                                           known_hparams, nll_avg, register, resolve_hparams)
@@ -15,17 +14,20 @@ from helpers import make_rows, make_tok, tiny_lm
 def test_hparam_names_come_from_the_registry():
     assert KNOWN_HPARAMS == known_hparams() == {"gamma", "alpha", "beta", "delta", "rmu_c", "rmu_layer"}
     assert DEFAULTS == {n: dict(o.defaults) for n, o in OBJECTIVES.items()}
-    # every hyperparameter can be set from the config section
-    assert known_hparams() <= {f.name for f in fields(UnlearnConfig)}
+    # every hyperparameter can be set from the config section, by its own name
+    for k in known_hparams():
+        cfg = check_methods(build_config(overrides=[f"unlearn.{k}=2"]))
+        assert hparams_from(cfg.unlearn) == {k: 2}
+        assert type(hparams_from(cfg.unlearn)[k]) is (int if k == "rmu_layer" else float)  # the default's type
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_hparams_from_config_resolves_like_the_old_hand_built_dict(name):
-    for u in (UnlearnConfig(), UnlearnConfig(gamma=2.0, beta=0.3, rmu_layer=2, rmu_c=3.0),
-              UnlearnConfig(alpha=0.0, delta=0.5)):
-        old = {k: getattr(u, k) for k in ("gamma", "alpha", "beta", "delta") if getattr(u, k) is not None}
-        old |= {"rmu_layer": u.rmu_layer, "rmu_c": u.rmu_c}
-        assert resolve_hparams(name, hparams_from(u), 4) == resolve_hparams(name, old, 4)
+    for p in ({}, {"gamma": 2.0, "beta": 0.3, "rmu_layer": 2, "rmu_c": 3.0}, {"alpha": 0.0, "delta": 0.5}):
+        # the old UnlearnConfig fields: gamma/alpha/beta/delta None = unset, rmu_layer -1 and rmu_c 6.5 always set
+        old = {k: v for k, v in p.items() if k in ("gamma", "alpha", "beta", "delta")}
+        old |= {"rmu_layer": p.get("rmu_layer", -1), "rmu_c": p.get("rmu_c", 6.5)}
+        assert resolve_hparams(name, hparams_from(UnlearnConfig(params=p)), 4) == resolve_hparams(name, old, 4)
 
 
 def test_same_body_is_one_function_under_two_names():

@@ -5,8 +5,10 @@ the sections it needs; a stage's run directory is hashed over exactly those sect
 Resolution order (later wins): dataclass defaults < preset YAML (`preset=NAME`, files in
 `loc_unlearn/presets/`) < `--config file.yaml` < `key=value` overrides (dotted: `unlearn.train.lr=1e-4`).
 Unknown keys are errors that list the known ones; values are coerced to the field's type.
-Then `Config.validate()` checks names and ranges, one `validate(where)` per section next to its
-fields, each rule with one message (the `check_*` functions, which library code reuses as guards).
+Then `Config.validate()` checks ranges, one `validate(where)` per section next to its fields, each rule
+with one message (the `check_*` functions, which library code reuses as guards). Method names and their
+hyperparameters (the open `params` mappings of unlearn and localize) are checked by the registries that
+hold them, `plugins.check_methods(cfg)`, after `Config.plugins` are loaded: this package imports no layer.
 Definitions are in SPEC.md; each field's docstring says what it controls (trl style).
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ..checks import (check_at_least, check_device_setting, check_file, check_fr
 from ..errors import ConfigError
 from .coerce import _hints, apply_override, load_yaml, merge, to_dict  # noqa: F401  (re-exported)
 from .sections import (REGIONS, DataConfig, EvalConfig, FinetuneConfig, InjectConfig, LocalizeConfig,  # noqa: F401
-                       ModelConfig, TinyModelConfig, TrainConfig, UnlearnConfig, check_name, method_config)
+                       ModelConfig, TinyModelConfig, TrainConfig, UnlearnConfig, method_config)
 
 PRESETS_DIR = Path(__file__).parent.parent / "presets"
 
@@ -60,10 +62,6 @@ class StudyConfig:
 
     def validate(self, where: str = "study") -> None:
         check_at_least(f"{where}.seeds", self.seeds, 1)
-        for name in self.methods:
-            check_name(f"{where}.methods", name, "unlearning method")
-        for name in self.localizers:
-            check_name(f"{where}.localizers", name, "localization method")
         for scope in self.scopes:
             if scope not in ("global", "per_layer"):
                 raise ConfigError(f"config key '{where}.scopes': expected 'global' or 'per_layer', got {scope!r}")
@@ -128,6 +126,10 @@ class Config:
     a model folder or a hub id. (`model.path` is the preset's base model instead.)"""
     out: str = ""
     """Output folder for commands that write one (data generate, localize, evaluate); empty = a run dir."""
+    plugins: list[str] = field(default_factory=list)
+    """Python files or modules defining methods (localizers, unlearning objectives, evaluation metrics) to use by
+    name: `plugins=my_methods.py,my_pkg.methods`; `FILE.py:func` / `module:func` also call func() after the import
+    (loc_unlearn.plugins). Not part of any run key: each method's source file content is."""
     checkpoints: list[str] = field(default_factory=list)
     """`trajectory`: HF-format checkpoint folders (or hub ids) in training order; `model=`/`init=` is point 0."""
     data: DataConfig = field(default_factory=DataConfig)

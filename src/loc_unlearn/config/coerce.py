@@ -78,22 +78,42 @@ def _coerce(value: Any, tp, where: str):
 
 
 def merge(cfg, updates: dict, prefix: str = ""):
-    """Return `cfg` updated in place from a nested dict; unknown keys raise ConfigError."""
+    """Return `cfg` updated in place from a nested dict; unknown keys raise ConfigError, except in a section
+    with an open `params` mapping (unlearn, localize), where they are method hyperparameters and land in
+    `params` (checked against the registered methods by plugins.check_methods, not here)."""
     hints = _hints(type(cfg))
     for key, value in (updates or {}).items():
         where = f"{prefix}.{key}" if prefix else key
+        if key not in hints and hints.get("params") is dict:
+            # A new dict, not an update in place: method_config's copies share the section's mapping.
+            cfg.params = _merge_dicts(cfg.params, {key: _param_value(value)})
+            continue
         if key not in hints:
             known = ", ".join(f.name for f in dataclasses.fields(cfg))
             raise ConfigError(f"unknown config key '{where}'; known keys here: {known}")
         tp = hints[key]
         if (tp is dict or typing.get_origin(tp) is dict) and isinstance(value, dict):
             # Mappings merge key by key, so `unlearn.per_method.rmu.train.lr=0.3` adds to the preset's.
+            if key == "params":
+                value = {k: _param_value(v) for k, v in value.items()}
             setattr(cfg, key, _merge_dicts(getattr(cfg, key), value))
         elif dataclasses.is_dataclass(tp) and isinstance(value, dict):
             merge(getattr(cfg, key), value, where)
         else:
             setattr(cfg, key, _coerce(value, tp, where))
     return cfg
+
+
+def _param_value(value):
+    """A hyperparameter from YAML or the CLI: number-like strings become numbers (YAML reads `1e-3` as a
+    string); the declared default's type is applied by plugins.check_methods and the methods themselves."""
+    if isinstance(value, str):
+        for tp in (int, float):
+            try:
+                return tp(value)
+            except ValueError:
+                pass
+    return value
 
 
 def _merge_dicts(a: dict, b: dict) -> dict:

@@ -1,33 +1,18 @@
 """The stage sections of `Config` (data, model, finetune, inject, unlearn, localize, eval), each with
-its fields' docstrings and a `validate(where)` next to them (SPEC sections cited per field)."""
+its fields' docstrings and a `validate(where)` next to them (SPEC sections cited per field).
+
+Method names and hyperparameters are not checked here: this package imports none of the layers it
+configures. Each registry checks its own names (`plugins.check_methods`, called before any work), and a
+method's hyperparameters live in its registration, set through the section's open `params` mapping."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 from ..checks import check_at_least, check_file, check_fraction, check_positive
 from ..errors import ConfigError
 from .coerce import merge
-
-
-def check_name(key: str, name: str, kind: str) -> None:
-    """`name` is registered as a `kind` ("unlearning method" or "localization method")."""
-    known = _registry(kind)
-    if name not in known:
-        raise ConfigError(f"{key}: unknown {kind} {name!r}; known: {', '.join(sorted(known))}")
-
-
-def _registry(kind: str):
-    # Imported when a name is checked, not at module load: the registries pull in torch, which
-    # `loc-unlearn --help` and YAML handling do not need. (Neither registry imports config: no cycle.)
-    if kind == "unlearning method":
-        from ..train.objectives import OBJECTIVES
-
-        return OBJECTIVES
-    from ..masks.localize import LOCALIZERS
-
-    return LOCALIZERS
 
 
 @dataclass
@@ -193,41 +178,33 @@ class InjectConfig:
 @dataclass
 class UnlearnConfig:
     method: str = "npo"
-    """Objective: ga | graddiff | wga | npo | simnpo | dpo | rmu (SPEC §5)."""
+    """Objective: ga | graddiff | wga | npo | simnpo | dpo | rmu (SPEC §5), or a plug-in's name."""
     mask: str = ""
     """Mask file (safetensors); empty = all parameters trainable (no localization)."""
-    gamma: Optional[float] = None
-    """Weight of the forget loss; None = the method's default (SPEC §5)."""
-    alpha: Optional[float] = None
-    """Weight of the retain loss; None = the method's default."""
-    beta: Optional[float] = None
-    """beta of WGA/NPO/SimNPO/DPO; None = the method's default."""
-    delta: Optional[float] = None
-    """SimNPO margin; None = 0."""
-    rmu_layer: int = -1
-    """RMU steering layer; -1 = 7 scaled to the model's depth (round(7/32 * L))."""
-    rmu_c: float = 6.5
-    """RMU steering coefficient c."""
+    params: dict = field(default_factory=dict)
+    """Hyperparameters of the unlearning methods, set by name as `unlearn.beta=0.2` (or `unlearn.params.beta=0.2`).
+    Each method declares its own (gamma, alpha, beta, delta, rmu_layer, rmu_c, a plug-in's); unset ones keep
+    the method's default."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Unlearning recipe; checkpoints every `checkpoint_every` epochs form the trajectory."""
     per_method: dict = field(default_factory=dict)
-    """Per-method overrides of this section used by the studies, e.g. `{rmu: {train: {lr: 0.3}}}`.
+    """Per-method overrides of this section used by the studies, e.g. `{rmu: {train: {lr: 0.3}, rmu_c: 5.0}}`
+    (a method's own hyperparameters land in its `params`).
     Methods need different step sizes (RMU's hidden-state loss vs NPO's log-sigmoid); Oracle and
     Random always share them, which is all the causal test requires (SPEC §7 step 3)."""
 
     def validate(self, where: str = "unlearn") -> None:
-        check_name(f"{where}.method", self.method, "unlearning method")
         check_file(f"{where}.mask", self.mask)
         self.train.validate(f"{where}.train")
         for name in self.per_method:
-            check_name(f"{where}.per_method", name, "unlearning method")
             method_config(self, name).train.validate(f"{where}.per_method.{name}.train")
 
 
 @dataclass
 class LocalizeConfig:
     method: str = "random"
-    """random | random_complement | random_layer_matched | activation | memflex | wagle | gradient | norm (SPEC §6)."""
+    """random | random_complement | random_layer_matched | activation | memflex | wagle | gradient | norm (SPEC §6),
+    or a plug-in's name."""
     ratio: float = 0.1
     """Fraction of value vectors selected."""
     scope: Literal["global", "per_layer"] = "global"
@@ -235,15 +212,14 @@ class LocalizeConfig:
     seed: int = 0
     """Seed (random methods, memflex corruption)."""
     source_mask: str = ""
-    """random_complement: the mask whose complement is sampled."""
+    """The source mask of the methods that need one: random_complement samples its complement,
+    random_layer_matched copies its per-layer counts."""
     batch_size: int = 8
     """Examples per forward/backward pass."""
-    memflex_threshold: float = 0.92
-    """MemFlex: candidates have cos(g_forget, g_retain) below this."""
-    memflex_copies: int = 3
-    """MemFlex: corrupted copies per example."""
-    wagle_gamma: float = 1e-6
-    """WAGLE: gamma of s = |(theta - g_retain / gamma) * g_forget|."""
+    params: dict = field(default_factory=dict)
+    """Hyperparameters of the localization methods, set by name as `localize.memflex_threshold=0.9` (or
+    `localize.params.memflex_threshold=0.9`). Each method declares its own (memflex_threshold, memflex_copies,
+    wagle_gamma, a plug-in's); unset ones keep the method's default."""
     max_length: int = 256
     """Truncate prompt+answer to this many tokens when scoring."""
     compare: list[str] = field(default_factory=list)
@@ -252,7 +228,6 @@ class LocalizeConfig:
     """norm: a reference model folder (e.g. theta_r); scores become ||v - v_ref||_2 instead of ||v||_2."""
 
     def validate(self, where: str = "localize") -> None:
-        check_name(f"{where}.method", self.method, "localization method")
         check_fraction(f"{where}.ratio", self.ratio)
         check_at_least(f"{where}.batch_size", self.batch_size, 1)
 
@@ -281,6 +256,9 @@ class EvalConfig:
     """Trajectory points that get the full evaluation (FQ, the MU sets, ROUGE when on): 'all', or 'ends' =
     theta_0 and the last point only; the points between get forget/retain ES alone (FS, RS: AUES is the
     same), and MU95 uses the points that have MU (the run's `mu95_note` says so)."""
+    metrics: list[str] = field(default_factory=list)
+    """Extra metrics (registered ones, plug-ins included) computed for every fully evaluated model and
+    reported under `metrics` (not at ES-only trajectory points); empty = none."""
 
     def validate(self, where: str = "eval") -> None:
         check_at_least(f"{where}.batch_size", self.batch_size, 1)
@@ -293,5 +271,6 @@ into, and a disjoint random region of the same size (`stages.prepare_seed`)."""
 
 def method_config(ucfg: "UnlearnConfig", method: str) -> "UnlearnConfig":
     """`ucfg` for `method` with its `per_method` overrides applied (validated like any config)."""
-    out = dataclasses.replace(ucfg, method=method, train=dataclasses.replace(ucfg.train), per_method={})
+    out = dataclasses.replace(ucfg, method=method, train=dataclasses.replace(ucfg.train), params=dict(ucfg.params),
+                              per_method={})
     return merge(out, ucfg.per_method.get(method, {}), f"unlearn.per_method.{method}")

@@ -4,7 +4,8 @@
   FS, RS, MU, MU_sets, MU_terms, MU_note, FQ, log10_FQ, es_floor, and one dict per eval set
   (forget / retain / real_authors / world_facts) with aggregates (n, es, em, prob, rouge_l,
   truth_ratio) and per-example lists (es_per, em_per, nll, prob_per, rouge_l_per, generations,
-  truth_ratio_raw = R per example, the values Forget Quality compares).
+  truth_ratio_raw = R per example, the values Forget Quality compares), and `metrics`: {name: value} of the
+  registered metrics named in eval.metrics (loc_unlearn.plugins.register_metric; {} when none).
 """
 from __future__ import annotations
 
@@ -118,7 +119,9 @@ def evaluate_model(model, tokenizer, eval_sets: dict, cfg, reference_truth_ratio
     """All metrics of one model (SPEC §2-3). `reference_truth_ratios`: the reference (retain) model's
     forget-set `truth_ratio_raw` list, or its whole metrics dict; None -> FQ is None. `es_only`: FS and
     RS alone, one answer pass on the forget and retain sets (MU, FQ None; `es_only` True): the points
-    between a trajectory's end points under eval.full_at=ends."""
+    between a trajectory's end points under eval.full_at=ends. `metrics`: each registered metric named in
+    `cfg.metrics`, `fn(model, tokenizer, eval_sets by set name, cfg)` as a float; skipped (`{}`) when
+    `es_only`, like the other full-evaluation numbers."""
     sets = {}
     for name, rows in eval_sets.items():
         key = _canonical(name)
@@ -134,7 +137,7 @@ def evaluate_model(model, tokenizer, eval_sets: dict, cfg, reference_truth_ratio
            # rows cut to the model's context (answers longer than max_position_embeddings), per set
            "truncated": {k: v["truncated"] for k, v in sets.items()}}
     if es_only:
-        return out | {"MU": None, "FQ": None, "log10_FQ": None, "es_only": True} | sets
+        return out | {"MU": None, "FQ": None, "log10_FQ": None, "es_only": True, "metrics": {}} | sets
     out["MU"], out["MU_sets"], out["MU_terms"], out["MU_note"] = model_utility(sets)
     out["FQ"], out["log10_FQ"] = None, None
     ref = reference_truth_ratios
@@ -145,7 +148,23 @@ def evaluate_model(model, tokenizer, eval_sets: dict, cfg, reference_truth_ratio
         if mine is None:
             raise UserError("Forget Quality needs paraphrased and perturbed answers in the forget eval set")
         out["FQ"], out["log10_FQ"] = forget_quality(mine, ref)
+    out["metrics"] = extra_metrics(model, tokenizer, {_canonical(n): rows for n, rows in eval_sets.items()}, cfg)
     out.update(sets)
+    return out
+
+
+def extra_metrics(model, tokenizer, eval_sets: dict, cfg) -> dict:
+    """{name: float} of the registered metrics named in cfg.metrics (none without that field); `eval_sets` by
+    set name (forget, retain, real_authors, world_facts)."""
+    from ..registry import METRICS
+
+    out = {}
+    for name in getattr(cfg, "metrics", None) or ():
+        v = METRICS.get(name).fn(model, tokenizer, eval_sets, cfg)
+        try:
+            out[name] = float(v)
+        except (TypeError, ValueError):
+            raise UserError(f"metric {name!r} returned {v!r}; a metric returns one number per model") from None
     return out
 
 

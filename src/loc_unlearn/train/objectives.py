@@ -10,71 +10,26 @@ The reference policy is the start model: its sequence log-probs on the fixed for
 computed once before training (`sequence_logps`) and handed over in `ctx.ref_logp`; RMU's reference
 hidden states come from `ctx.reference()` (the delta disabled; a frozen copy in unmasked mode).
 
-A new objective is one function `(model, batch, ctx) -> (loss [B], logs)` plus one `register(...)` entry
-at the bottom of this file declaring its hyperparameter defaults and what the loop must prepare for it
-(`Objective`); the loop reads only those declarations, never method names.
+A new objective is one function `(model, batch, ctx) -> (loss [B], logs)` plus one `register(...)` call
+declaring its hyperparameters (defaults and docs) and what the loop must prepare for it (registry.Objective);
+the loop reads only those declarations, never method names. The same call works from a plug-in file outside
+the package (loc_unlearn.plugins.register_objective = registry.register_objective, of which `register` is
+another name).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Callable, Mapping
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..models.value_vectors import _layers
-from ..registry import Registry
+from ..registry import ANSWER_SETS, OBJECTIVES, Objective, register_objective, resolve_params  # noqa: F401
 
-OBJECTIVES = Registry("unlearning method")
-"""name -> Objective."""
-
-ANSWER_SETS = ("forget", "idk")
-"""Answer sets whose start-model logpi an objective may ask to have cached (`Objective.ref_logp`)."""
-
-
-@dataclass(frozen=True)
-class Objective:
-    """One registry entry: the loss function and what the training loop must prepare for it."""
-    fn: Callable
-    """(model, batch, ctx) -> (per-example loss [B], {name: per-example log [B]})."""
-    defaults: Mapping[str, float | int]
-    """Its hyperparameters and their defaults; the keys are the hyperparameters it reads (ctx.hp)."""
-    ref_logp: tuple[str, ...] = ()
-    """Answer sets (of ANSWER_SETS) whose start-model logpi are computed once and handed over in ctx.ref_logp."""
-    needs_idk: bool = False
-    """batch["idk"]: one IDK refusal per forget example (the `idk` strings of train())."""
-    needs_reference: bool = False
-    """ctx.reference(): forwards of the start model during training (delta disabled, or a frozen copy)."""
-    always_retain: bool = False
-    """batch["retain"] even when alpha == 0 (otherwise retain pairs are built only if alpha != 0)."""
-    target: Callable[[int, dict, int], torch.Tensor] | None = None
-    """(hidden size, hp, seed) -> a vector fixed for the run, handed over in ctx.rmu_target."""
-    partial_forward: bool = False
-    """Its loss ends inside the network: the forward is stopped (an exception out of the model's forward)
-    after a layer. DDP cannot synchronize such a step (its reducer is prepared at the end of forward), so the
-    loop refuses DDP for it; FSDP2 and one process are fine."""
-    revision: int = 0
-    """Bumped when `fn` changes its numbers: part of the resume key, so a checkpoint written by the old loss
-    is refused instead of continued with the new one (0 = not in the key)."""
-
-    def __post_init__(self):
-        object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
-        bad = [s for s in self.ref_logp if s not in ANSWER_SETS]
-        if bad or ("idk" in self.ref_logp and not self.needs_idk):
-            raise ValueError(f"Objective.ref_logp={self.ref_logp}: sets must be in {ANSWER_SETS}, idk needs needs_idk")
-
-    def __call__(self, model, batch, ctx):
-        return self.fn(model, batch, ctx)
-
-    def needs_retain(self, hp: dict) -> bool:
-        return self.always_retain or hp["alpha"] != 0
-
-
-def register(name: str, fn: Callable, defaults: dict, **needs) -> Objective:
-    """Add `name` to OBJECTIVES (see Objective for `needs`)."""
-    return OBJECTIVES.register(name)(Objective(fn, defaults, **needs))
+register = register_objective
+"""register(name, fn, params, **needs): add an unlearning method (see registry.register_objective)."""
 
 
 def known_hparams() -> set[str]:
@@ -83,28 +38,22 @@ def known_hparams() -> set[str]:
 
 
 def hparams_from(section) -> dict:
-    """The hyperparameters set in a config section (e.g. UnlearnConfig): its non-None attributes named like
-    a known hyperparameter. The rest keeps each method's default (resolve_hparams)."""
-    return {k: getattr(section, k) for k in sorted(known_hparams()) if getattr(section, k, None) is not None}
+    """The hyperparameters set in a config section (an UnlearnConfig, after method_config for one method):
+    its `params`. The rest keeps each method's default (resolve_hparams)."""
+    return dict(section.params)
 
 
 def resolve_hparams(method: str, hparams: dict | None, n_layers: int) -> dict:
-    """The method's defaults overridden by the non-None entries of `hparams`. Keys the method does not
-    use are ignored (one config serves every method); unknown keys are an error."""
-    hp = dict(OBJECTIVES.get(method).defaults)  # unknown method -> error listing the known ones
+    """The method's defaults overridden by the non-None entries of `hparams`, each as its default's type
+    (int for layer indices, float otherwise), then the method's `resolve` (values that depend on the model).
+    Keys the method does not use are ignored (one config serves every method); unknown keys are an error."""
+    obj = OBJECTIVES.get(method)  # unknown method -> error listing the known ones
     known = known_hparams()
-    for k, v in (hparams or {}).items():
+    for k in hparams or {}:
         if k not in known:
             raise ConfigError(f"unknown unlearning hyperparameter {k!r}; known: {', '.join(sorted(known))}")
-        if v is not None and k in hp:
-            hp[k] = type(hp[k])(v)  # int for layer indices, float otherwise (the default's type)
-    if "rmu_layer" in hp:
-        # SPEC §5: layer 7 of a 32-layer model, scaled to depth; -1 = that default.
-        l = hp["rmu_layer"] if hp["rmu_layer"] >= 0 else round(7 / 32 * n_layers)
-        if hp["rmu_layer"] >= n_layers:
-            raise ConfigError(f"unlearn.rmu_layer={hp['rmu_layer']} but the model has {n_layers} layers (0..{n_layers - 1})")
-        hp["rmu_layer"] = min(max(l, 0), n_layers - 1)
-    return hp
+    hp = resolve_params(obj, hparams, "unlearn")
+    return obj.resolve(hp, n_layers) if obj.resolve else hp
 
 
 @dataclass
@@ -262,21 +211,40 @@ def rmu_target(d: int, c: float, seed: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- the registry
+
+
+def _rmu_layer(hp: dict, n_layers: int) -> dict:
+    # SPEC §5: layer 7 of a 32-layer model, scaled to depth; -1 = that default.
+    l = hp["rmu_layer"] if hp["rmu_layer"] >= 0 else round(7 / 32 * n_layers)
+    if hp["rmu_layer"] >= n_layers:
+        raise ConfigError(f"unlearn.rmu_layer={hp['rmu_layer']} but the model has {n_layers} layers "
+                          f"(0..{n_layers - 1})")
+    return hp | {"rmu_layer": min(max(l, 0), n_layers - 1)}
+
+
+def _hp(gamma: float, alpha: float, **extra) -> dict:
+    """Every objective's loss is gamma * forget term + alpha * retain term (_combine)."""
+    return {"gamma": (gamma, "weight of the forget loss"),
+            "alpha": (alpha, "weight of the retain loss (0 = no retain pass)"), **extra}
+
+
 # SPEC §5 defaults. gamma/alpha not fixed by the SPEC follow open-unlearning (forget weight 1, retain NLL
 # weight 1). learn_reg's alpha is the injection lambda.
-
-register("ga", ascent, {"gamma": 1.0, "alpha": 0.0})
-register("graddiff", ascent, {"gamma": 1.0, "alpha": 1.0})
-register("wga", wga, {"gamma": 1.0, "alpha": 1.0, "beta": 1.0})
-register("npo", npo, {"gamma": 1.0, "alpha": 1.0, "beta": 0.1}, ref_logp=("forget",))
-register("simnpo", simnpo, {"gamma": 0.125, "alpha": 1.0, "beta": 4.5, "delta": 0.0})
-register("dpo", dpo, {"gamma": 1.0, "alpha": 1.0, "beta": 0.1}, ref_logp=("forget", "idk"), needs_idk=True)
-register("rmu", rmu, {"gamma": 1.0, "alpha": 100.0, "rmu_c": 6.5, "rmu_layer": -1}, needs_reference=True,
-         partial_forward=True,
-         always_retain=True, target=lambda d, hp, seed: rmu_target(d, hp["rmu_c"], seed),
-         revision=1)  # 1: MSE over answer positions only (was every real token)
-register("learn", learn, {"gamma": 1.0, "alpha": 0.0})
-register("learn_reg", learn, {"gamma": 1.0, "alpha": 1.0})
+_BETA = "beta of WGA (weight exponent), NPO / SimNPO / DPO (inverse temperature)"
+register("ga", ascent, _hp(1.0, 0.0), doc="gradient ascent on the forget NLL")
+register("graddiff", ascent, _hp(1.0, 1.0), doc="gradient ascent with a retain NLL term")
+register("wga", wga, _hp(1.0, 1.0, beta=(1.0, _BETA)), doc="weighted gradient ascent")
+register("npo", npo, _hp(1.0, 1.0, beta=(0.1, _BETA)), ref_logp=("forget",), doc="negative preference optimization")
+register("simnpo", simnpo, _hp(0.125, 1.0, beta=(4.5, _BETA), delta=(0.0, "SimNPO margin")), doc="reference-free NPO")
+register("dpo", dpo, _hp(1.0, 1.0, beta=(0.1, _BETA)), ref_logp=("forget", "idk"), needs_idk=True,
+         doc="DPO towards IDK refusals")
+# rmu revision 1: MSE over answer positions only (was every real token)
+register("rmu", rmu, _hp(1.0, 100.0, rmu_c=(6.5, "RMU steering coefficient c"),
+                         rmu_layer=(-1, "RMU steering layer; -1 = 7 scaled to the model's depth (round(7/32 * L))")),
+         needs_reference=True, partial_forward=True, always_retain=True, resolve=_rmu_layer,
+         target=lambda d, hp, seed: rmu_target(d, hp["rmu_c"], seed), revision=1, doc="representation misdirection")
+register("learn", learn, _hp(1.0, 0.0), doc="NLL descent (injection)")
+register("learn_reg", learn, _hp(1.0, 1.0), doc="NLL descent with a retain NLL term (injection; alpha = lambda)")
 
 # Derived views kept for existing imports (resolve_hparams reads the registry itself).
 DEFAULTS: dict[str, dict] = {n: dict(o.defaults) for n, o in OBJECTIVES.items()}

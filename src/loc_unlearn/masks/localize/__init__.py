@@ -1,18 +1,25 @@
 """Localization: score every value vector, keep the top `ratio` as a Mask (SPEC §6).
 
-Each method lives in its own file and registers a score function
-`fn(cfg: LocalizeConfig, model, tokenizer, forget_rows, retain_rows) -> Tensor [L, d_ff]` (float;
-higher = more likely to hold the forget knowledge; -inf = never select). `localize` turns scores
-into a Mask with `select_topk`, so every method shares the exact-size and tie-breaking rules.
+Each method lives in its own file here (or in a plug-in file: loc_unlearn.plugins) and registers a score
+function `fn(cfg: LocalizeConfig, model, tokenizer, forget_rows, retain_rows) -> Tensor [L, d_ff]` (float;
+higher = more likely to hold the forget knowledge; -inf = never select) with `@localizer(name, params=...,
+**needs)`; `cfg.params` holds its resolved hyperparameters. `localize` turns scores into a Mask with
+`select_topk`, so every method shares the exact-size and tie-breaking rules, and does what the method
+declares (registry.Localizer): a source mask that sizes the pick or is excluded, a reference recorded.
+Every module of this package is imported below, so a new method file registers itself.
 """
 from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
 
 import torch
 
 from ...checks import check_fraction
 from ...errors import ConfigError, MaskError
+from ...registry import LOCALIZERS, resolve_params
 from ..mask import Mask
-from .registry import LOCALIZERS
 
 
 
@@ -58,56 +65,67 @@ def select_topk(scores: torch.Tensor, ratio: float, scope: str = "global", k=Non
 
 
 def score(method: str, model, tokenizer, forget_rows, retain_rows, cfg) -> torch.Tensor:
-    """Scores [L, d_ff] (float32 or float64, cpu) of `method` (for inspection; `localize` uses the same)."""
-    fn = LOCALIZERS.get(method)
-    s = fn(cfg, model, tokenizer, forget_rows, retain_rows).detach().cpu()
-    return s if s.dtype == torch.float64 else s.float()  # float64 kept: casting random scores would create ties
+    """Scores [L, d_ff] (float32 or float64, cpu) of `method` (for inspection; `localize` uses the same), its
+    hyperparameters resolved from cfg.params, the source mask's vectors at -inf when it excludes them."""
+    loc = LOCALIZERS.get(method)
+    cfg = dataclasses.replace(cfg, params=resolve_params(loc, cfg.params, "localize"))
+    s = loc.fn(cfg, model, tokenizer, forget_rows, retain_rows).detach().cpu()
+    s = s if s.dtype == torch.float64 else s.float()  # float64 kept: casting random scores would create ties
+    if loc.excludes_source:
+        s[Mask.load(cfg.source_mask, expect_shape=tuple(s.shape)).mask] = float("-inf")
+    return s
 
 
 def localize(cfg, model, tokenizer, forget_rows, retain_rows) -> Mask:
     """Run `cfg.method` and return its Mask with metadata (SPEC §6)."""
     from ...models.value_vectors import fingerprint, shape
 
-    LOCALIZERS.get(cfg.method)  # unknown name -> error listing the known ones, before any work
+    loc = LOCALIZERS.get(cfg.method)  # unknown name -> error listing the known ones, before any work
     L, d_ff = shape(model)
-    k = None
-    ratio = cfg.ratio
-    if cfg.method == "random_complement":
-        # Same size (and, per layer, the same per-layer counts) as the source mask (SPEC §6/§7).
+    k, ratio, scope, src = None, cfg.ratio, cfg.scope, None
+    if loc.needs_source_mask:
         if not cfg.source_mask:
-            raise ConfigError("config key 'localize.source_mask': random_complement needs the path of the mask to complement")
+            raise ConfigError(f"config key 'localize.source_mask': {cfg.method} needs the path of a source mask "
+                              f"(the mask it complements or whose size it copies)")
         src = Mask.load(cfg.source_mask, expect_shape=(L, d_ff))
-        k = src.count if cfg.scope == "global" else src.per_layer_counts()
-        free = (~src.mask).sum(dim=1).tolist()
-        if cfg.scope == "global" and src.count > L * d_ff - src.count:
-            raise MaskError(f"mask {cfg.source_mask} selects {src.count} of {L * d_ff} value vectors; its complement "
-                            f"({L * d_ff - src.count}) is too small for a disjoint mask of the same size")
-        if cfg.scope == "per_layer" and any(c > f for c, f in zip(k, free)):
-            raise MaskError(f"mask {cfg.source_mask}: some layer's complement is smaller than its count "
-                            f"(counts {k}, free {free}); use localize.scope=global")
-        ratio = src.ratio
-    elif cfg.method == "random_layer_matched":
-        if not cfg.source_mask:
-            raise ConfigError("config key 'localize.source_mask': random_layer_matched needs the path of the mask "
-                              "whose per-layer counts it copies")
-        src = Mask.load(cfg.source_mask, expect_shape=(L, d_ff))
-        k, ratio = src.per_layer_counts(), src.ratio
+    if loc.size_from_source == "count":  # the source's size (SPEC §6/§7), per layer under scope=per_layer
+        k, ratio = (src.count if scope == "global" else src.per_layer_counts()), src.ratio
+    elif loc.size_from_source == "per_layer":  # the source's count in every layer
+        k, ratio, scope = src.per_layer_counts(), src.ratio, "per_layer"
     else:
         _check_ratio(ratio)
+    if loc.excludes_source:
+        _check_complement(cfg.source_mask, src, k, ratio, scope)
     s = score(cfg.method, model, tokenizer, forget_rows, retain_rows, cfg)
     if tuple(s.shape) != (L, d_ff):
         raise RuntimeError(f"{cfg.method} returned scores {tuple(s.shape)}, expected {(L, d_ff)}")
-    scope = "per_layer" if cfg.method == "random_layer_matched" else cfg.scope
     sel = select_topk(s, ratio, scope, k=k)
     meta = {"method": cfg.method, "ratio": float(ratio), "scope": scope, "seed": int(cfg.seed),
-            "source_mask": cfg.source_mask if cfg.method.startswith("random_") else "",
+            "source_mask": cfg.source_mask if loc.needs_source_mask else "",
             "fingerprint": fingerprint(model)}
-    if cfg.method == "norm" and cfg.reference:
+    if loc.uses_reference and cfg.reference:
         meta["reference"] = cfg.reference  # ||v - v_ref||: which reference the scores were taken against
     return Mask(sel, meta)
 
 
-# Register the methods (each file adds itself to LOCALIZERS).
-from . import random, activation, memflex, wagle, gradient, norm  # noqa: E402,F401
+def _check_complement(path: str, src: Mask, k, ratio: float, scope: str) -> None:
+    """A pick disjoint from `src` must fit in its complement (globally, or in every layer)."""
+    L, d_ff = src.mask.shape
+    free = (~src.mask).sum(dim=1).tolist()
+    if scope == "global":
+        need = k if k is not None else topk_count(ratio, L * d_ff)
+        if need > sum(free):
+            raise MaskError(f"mask {path} selects {src.count} of {L * d_ff} value vectors; its complement "
+                            f"({sum(free)}) is too small for a disjoint mask of {need}")
+        return
+    need = k if k is not None else [topk_count(ratio, d_ff)] * L
+    if any(c > f for c, f in zip(need, free)):
+        raise MaskError(f"mask {path}: some layer's complement is smaller than its count "
+                        f"(counts {need}, free {free}); use localize.scope=global")
+
+
+# Register the methods: every module of this package adds its own to LOCALIZERS.
+for _m in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_m.name}")
 
 __all__ = ["LOCALIZERS", "localize", "score", "select_topk", "topk_count"]

@@ -8,7 +8,7 @@ import torch
 from ...data.formatting import pad_id
 from ...models.value_vectors import capture_down_inputs, shape, value_matrix
 from ...utils import eval_mode, progress
-from .registry import LOCALIZERS
+from ...registry import localizer
 from .gradient import batches, device_of, encode_rows
 
 
@@ -32,7 +32,7 @@ def mean_answer_activations(model, tokenizer, rows, batch_size: int, max_length:
     return total / n
 
 
-@LOCALIZERS.register("activation")
+@localizer("activation", doc="|mean answer activation| x value-vector norm")
 def activation_scores(cfg, model, tokenizer, forget_rows, retain_rows):
     mean_a = mean_answer_activations(model, tokenizer, forget_rows, cfg.batch_size, cfg.max_length)
     L, _ = shape(model)

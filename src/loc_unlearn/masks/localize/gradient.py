@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ...data.formatting import collate, encode_rows, length_batches, pad_id  # noqa: F401  (pad_id: memflex, wagle)
 from ...models.value_vectors import down_proj_weight_param, shape
 from ...utils import eval_mode, progress
-from .registry import LOCALIZERS
+from ...registry import localizer
 
 
 def batches(items: list[dict], batch_size: int, pad: int, device):
@@ -84,7 +84,7 @@ def down_grads(model, items: list[dict], batch_size: int, pad: int, desc: str = 
     return [(a.T if transposed else a) / max(n_tok, 1) for a in acc]
 
 
-@LOCALIZERS.register("gradient")
+@localizer("gradient", doc="norm of the forget-NLL gradient of each value vector")
 def gradient_scores(cfg, model, tokenizer, forget_rows, retain_rows):
     g = down_grads(model, encode_rows(tokenizer, forget_rows, cfg.max_length), cfg.batch_size,
                    pad_id(tokenizer), desc="gradient: forget")

@@ -11,7 +11,7 @@ candidates get 1 + m / max(m) in [1, 2], non-candidates get -c in [-1, -threshol
 import torch
 import torch.nn.functional as F
 
-from .registry import LOCALIZERS
+from ...registry import localizer
 from .gradient import down_grads, encode_rows, pad_id
 
 
@@ -50,11 +50,14 @@ def content_vocab(tokenizer) -> list[int]:
     return [i for i in range(len(tokenizer)) if i not in special]
 
 
-@LOCALIZERS.register("memflex")
+@localizer("memflex", params={
+    "memflex_threshold": (0.92, "MemFlex: candidates have cos(g_forget, g_retain) below this"),
+    "memflex_copies": (3, "MemFlex: corrupted copies per example")},
+           doc="gradient cosine between forget and corrupted-retain data")
 def memflex_scores(cfg, model, tokenizer, forget_rows, retain_rows):
-    pad, vocab = pad_id(tokenizer), content_vocab(tokenizer)
-    f_items = corrupt(encode_rows(tokenizer, forget_rows, cfg.max_length), cfg.memflex_copies, vocab, cfg.seed)
-    r_items = corrupt(encode_rows(tokenizer, retain_rows, cfg.max_length), cfg.memflex_copies, vocab, cfg.seed + 1)
+    pad, vocab, copies = pad_id(tokenizer), content_vocab(tokenizer), cfg.params["memflex_copies"]
+    f_items = corrupt(encode_rows(tokenizer, forget_rows, cfg.max_length), copies, vocab, cfg.seed)
+    r_items = corrupt(encode_rows(tokenizer, retain_rows, cfg.max_length), copies, vocab, cfg.seed + 1)
     gf = down_grads(model, f_items, cfg.batch_size, pad, "memflex: forget")
     gr = down_grads(model, r_items, cfg.batch_size, pad, "memflex: retain")
-    return memflex_from_grads(gf, gr, cfg.memflex_threshold).cpu()
+    return memflex_from_grads(gf, gr, cfg.params["memflex_threshold"]).cpu()

@@ -17,7 +17,7 @@ import torch
 
 from ...errors import UserError
 from ...models.value_vectors import fingerprint, shape, value_matrix
-from .registry import LOCALIZERS
+from ...registry import localizer
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
@@ -33,7 +33,7 @@ def _load_reference(path: str, model):
     return ref
 
 
-@LOCALIZERS.register("norm")
+@localizer("norm", uses_reference=True, doc="value-vector norm, or its distance to localize.reference")
 def norm_scores(cfg, model, tokenizer, forget_rows, retain_rows, reference=None):
     """[L, d_ff] float64 column norms of W_down (minus the reference's W_down when one is given)."""
     if reference is None and getattr(cfg, "reference", ""):

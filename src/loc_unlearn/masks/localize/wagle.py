@@ -3,7 +3,7 @@ W_down, summed over each column (value vector). g = gradient of the mean answer-
 import torch
 
 from ...models.value_vectors import shape, value_matrix
-from .registry import LOCALIZERS
+from ...registry import localizer
 from .gradient import down_grads, encode_rows, pad_id
 
 
@@ -13,11 +13,12 @@ def wagle_from_grads(thetas, g_forget, g_retain, gamma: float) -> torch.Tensor:
                         for t, gf, gr in zip(thetas, g_forget, g_retain)])
 
 
-@LOCALIZERS.register("wagle")
+@localizer("wagle", params={"wagle_gamma": (1e-6, "WAGLE: gamma of s = |(theta - g_retain / gamma) * g_forget|")},
+           doc="weight attribution of the forget gradient against the retain gradient")
 def wagle_scores(cfg, model, tokenizer, forget_rows, retain_rows):
     pad = pad_id(tokenizer)
     gf = down_grads(model, encode_rows(tokenizer, forget_rows, cfg.max_length), cfg.batch_size, pad, "wagle: forget")
     gr = down_grads(model, encode_rows(tokenizer, retain_rows, cfg.max_length), cfg.batch_size, pad, "wagle: retain")
     L, _ = shape(model)
     thetas = [value_matrix(model, l).detach() for l in range(L)]
-    return wagle_from_grads(thetas, gf, gr, cfg.wagle_gamma).cpu()
+    return wagle_from_grads(thetas, gf, gr, cfg.params["wagle_gamma"]).cpu()
