@@ -97,3 +97,30 @@ def test_the_handler_defers_inside_training_only():
                     os.kill(os.getpid(), signal.SIGUSR2)
         # ... and leaving the block with the flag set stops there
     assert signal.getsignal(signal.SIGUSR2) is before and stop.requested() == 0
+
+
+def test_all_processes_stop_after_the_same_step(tmp_path):
+    """Under `accelerate launch` (2 gloo processes, DDP) a signal that reaches one process stops both
+    after the same step (the flag is all-reduced at every step boundary): before, the other one went on
+    into the next step's collectives and waited there for good."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).parent.parent
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(tests.parent / "configs" / "accelerate" / "cpu_2proc.yaml"), str(tests / "stop_worker.py"), str(tmp_path)]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "LOC_UNLEARN_QUIET": "1", "OMP_NUM_THREADS": "1"}
+    # its own process group: a hang (the failure this test looks for) must not leave the workers behind
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tests.parent,
+                         start_new_session=True)
+    try:
+        _, err = p.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        raise
+    assert p.returncode == 0, err[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for r in ranks:  # 12 rows, global batch 4: 3 steps an epoch, 6 in all, checkpoints at 3 and 6
+        assert r["signum"] == signal.SIGTERM and "after step 2/6 of training 'learn'" in r["message"], r
+    assert sorted(c.name for c in (tmp_path / "train").glob("ckpt-*")) == ["ckpt-2"]
