@@ -8,7 +8,7 @@ PKG = Path(__file__).resolve().parent.parent / "src" / "loc_unlearn"
 
 LAYERS = [
     # 0: no project imports above; the vocabulary every layer speaks
-    {"errors", "registry", "checks", "utils", "runs", "config", "config_docs"},
+    {"errors", "registry", "checks", "utils", "runs", "stop", "config", "config_docs"},
     # 1: data and models
     {"data", "models"},
     # 2: the methods and measurements on a model

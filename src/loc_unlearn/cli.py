@@ -3,18 +3,19 @@
 Every command resolves and validates one `Config` (config/) and calls its function. The commands, their
 help, config sections and short keys are declared beside their functions in commands/ (the one table,
 `commands.COMMANDS`); this module only parses the command line and reports errors. Short keys per command
-(`method=npo`) are aliases for dotted keys (`unlearn.method=npo`). User mistakes (UserError) print one
-paragraph and exit 2; no traceback.
+(`method=npo`) are aliases for dotted keys (`unlearn.method=npo`). User mistakes (UserError) and failed
+writes (a full disk, a read-only folder) print one paragraph and exit 2; no traceback. A stop signal
+(SIGTERM, SIGUSR1: stop.py) prints where the run stopped and exits 128 + signum (143, 138); Ctrl-C 130.
 """
 from __future__ import annotations
 
 import argparse
-import errno
 import sys
 
+from . import stop
 from .commands import COMMANDS, COMMON
 from .config import build_config
-from .errors import UserError
+from .errors import Preempted, UserError, WriteError
 
 TOP_LEVEL = ["runs_dir", "input_model", "out", "preset"]
 # Top-level keys listed only by the commands that load a model (their sections include "model").
@@ -106,24 +107,40 @@ def main(argv: list[str] | None = None) -> int:
     all_aliases = dict(COMMON) | cmd.aliases
     cfg = None
     try:
-        cfg = build_config(config_file=args.config, overrides=overrides, aliases=all_aliases)
-        if positional and not cmd.positional:
-            raise UserError(f"{name} takes key=value arguments only; got {' '.join(positional)!r}")
-        _quiet_deepspeed()
-        cmd.fn(cfg, *positional)
+        with stop.handling(stop.stop_signals()):
+            cfg = build_config(config_file=args.config, overrides=overrides, aliases=all_aliases)
+            if positional and not cmd.positional:
+                raise UserError(f"{name} takes key=value arguments only; got {' '.join(positional)!r}")
+            _quiet_deepspeed()
+            cmd.fn(cfg, *positional)
+    except WriteError as e:  # the same paragraph, now naming the runs dir too
+        from .utils import write_failure_text
+
+        runs_dir = getattr(cfg, "runs_dir", None)
+        print(f"error: {write_failure_text(e.path, e.errno, runs_dir) if e.errno else e}", file=sys.stderr)
+        return 2
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:
-        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC):
-            raise
-        print(f"error: cannot write {e.filename or ''}: {e.strerror}. The runs dir (runs_dir={getattr(cfg, 'runs_dir', '?')}) and "
-              f"out= must be writable folders with free space; pass runs_dir=DIR to use another one.",
-              file=sys.stderr)
-        return 2
+    except Preempted as e:  # SIGTERM / SIGUSR1 (stop.py): the conventional status of death by that signal
+        print(f"error: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("interrupted; completed stages are kept and a rerun resumes", file=sys.stderr)
         return 130
+    except Exception as e:
+        # A write that failed outside utils.writing, or a library's own error type carrying the errno
+        # (safetensors: "No space left on device (os error 28)"): the same paragraph as WriteError. A
+        # library error says nothing about reading vs writing, so only a full disk counts there.
+        from .utils import NO_SPACE, write_errno, write_failure_text  # here: utils imports torch
+
+        code = write_errno(e) if isinstance(e, OSError) else write_errno(e, NO_SPACE)
+        if code is None:
+            raise
+        runs_dir = getattr(cfg, "runs_dir", None)
+        path = getattr(e, "filename", None) or runs_dir or "."
+        print(f"error: {write_failure_text(path, code, runs_dir)}", file=sys.stderr)
+        return 2
     return 0
 
 

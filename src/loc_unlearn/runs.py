@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -19,7 +20,7 @@ from typing import Any, Callable
 import yaml
 
 from . import __version__
-from .errors import CheckpointError
+from .errors import CheckpointError, Preempted
 from .utils import (fault_point, is_main_process, log, sha256_file, sha256_json, world_size, write_json_atomic,
                     write_text_atomic)
 
@@ -153,6 +154,22 @@ def cached(runs_dir: str | Path, stage: str, key: dict[str, Any], build: Callabl
     metrics that `build` returns.
     """
     run = get_run(runs_dir, stage, key)
+    with _naming(run):
+        return _cached(run, build, verify, collective)
+
+
+@contextmanager
+def _naming(run: Run):
+    """A stop signal (stop.py) while this run is built says which run it stopped (the innermost one)."""
+    try:
+        yield
+    except Preempted as e:
+        e.run = e.run or f"{run.stage} run {run.path}"
+        raise
+
+
+def _cached(run: Run, build: Callable[[Path], dict], verify: bool, collective: bool) -> Run:
+    stage = run.stage
     if world_size() > 1 and not run.is_complete():
         if collective or is_main_process():
             metrics, inputs = _build(run, build)

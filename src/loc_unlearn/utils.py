@@ -1,9 +1,12 @@
 """Small shared helpers: atomic writes, hashing, seeding, progress bars, safetensors I/O."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,27 +31,114 @@ def sha256_json(obj: Any) -> str:
 def atomic_write(path: str | Path, write_fn) -> Path:
     """Write via `write_fn(tmp_path)` to a temp file in the same folder, fsync, then rename.
 
-    A crash or a full disk leaves at most a stray `.tmp-*` file, never a half-written `path`.
+    A crash or a full disk leaves at most a stray `.tmp-*` file, never a half-written `path`; a full disk
+    or a folder that cannot be written raises WriteError (`writing`), whatever library `write_fn` calls.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    # mkstemp creates 0600; give the file the mode open() would (0666 minus the umask), so runs can be
-    # shared with a group or read by other users like any other file.
-    os.fchmod(fd, 0o666 & ~_umask())
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+        # mkstemp creates 0600; give the file the mode open() would (0666 minus the umask), so runs can be
+        # shared with a group or read by other users like any other file.
+        os.fchmod(fd, 0o666 & ~_umask())
+        os.close(fd)
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+            write_fn(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
     return path
+
+
+# ----------------------------------------------------------------------------- failed writes, one wording
+# A full disk or a folder that cannot be written must end in one paragraph (the file, why, the free space,
+# what to do), whichever library was writing: Python raises OSError, but safetensors raises its own
+# SafetensorError("... No space left on device (os error 28)") and other Rust/C libraries plain
+# Exceptions with the same text, so the errno is also read from the message.
+
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+BLOCKED = frozenset({errno.ENOTDIR, errno.EEXIST})
+"""A file where a folder must be made (runs_dir=FILE/..., out=FILE/...): read from an OSError only, never
+from a library's message, where these words can mean other things."""
+WRITE_ERRNOS = NO_SPACE | NOT_WRITABLE | BLOCKED
+_STRERRORS = {os.strerror(c): c for c in NO_SPACE | NOT_WRITABLE}  # "No space left on device" -> ENOSPC, ...
+_OS_ERROR = re.compile(r"os error (\d+)")  # Rust's io::Error text: "... (os error 28)"
+
+
+def write_errno(exc: BaseException, codes=WRITE_ERRNOS) -> int | None:
+    """The errno in `codes` that `exc` (or an exception it was raised from) carries: an OSError's, or one
+    named in a library error's message ("(os error 28)", "No space left on device"); else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in codes:
+            return exc.errno
+        text = str(exc)
+        m = _OS_ERROR.search(text)
+        if m and int(m.group(1)) in codes and int(m.group(1)) not in BLOCKED:
+            return int(m.group(1))
+        for s, code in _STRERRORS.items():
+            if s in text and code in codes:
+                return code
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _free_space(path: Path) -> str:
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:  # the nearest folder that exists: the file may be gone
+        p = p.parent
+    try:
+        free = shutil.disk_usage(p).free
+    except OSError:
+        return "free space unknown"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if free < 1000 or unit == "TB":
+            return f"{free:.0f} {unit} free" if unit == "B" else f"{free:.1f} {unit} free"
+        free /= 1000
+    return ""  # not reached
+
+
+def write_failure_text(path, code: int, runs_dir: str | None = None) -> str:
+    """THE paragraph for a write of `path` that failed with errno `code` (NO_SPACE, NOT_WRITABLE or BLOCKED)."""
+    reason = os.strerror(code).lower()  # "no space left on device", "disk quota exceeded", "permission denied"
+    where = f"The runs dir (runs_dir={runs_dir}) and out=" if runs_dir else "The runs dir and out="
+    fix = ("free some space there" if code in NO_SPACE else "move the file that is in the way of a folder"
+           if code in BLOCKED else "make the folder writable")
+    return (f"cannot write {path}: {reason} ({_free_space(path)} on that filesystem). Nothing half-written is "
+            f"kept: completed stages and checkpoints stay as they were and a rerun resumes. {where} must be "
+            f"writable folders with free space: {fix}, or pass runs_dir=DIR (and out=DIR) to use another one, "
+            f"then rerun the same command.")
+
+
+@contextmanager
+def writing(path, rename: bool = False):
+    """Turn a failed write of `path` for want of space or permission into a WriteError naming `path`
+    (write_failure_text), whatever library raised it; other errors pass through unchanged. A WriteError
+    from an inner `writing` keeps its own path, unless `rename` (the inner files are temporary, e.g. a
+    checkpoint's temp folder: name what the user knows)."""
+    from .errors import UserError, WriteError
+
+    try:
+        yield
+    except WriteError as e:
+        if not rename or e.errno is None:
+            raise
+        raise WriteError(write_failure_text(path, e.errno), path, e.errno) from e
+    except UserError:
+        raise
+    except Exception as e:
+        code = write_errno(e)
+        if code is None:
+            raise
+        raise WriteError(write_failure_text(path, code), path, code) from e
 
 
 def _umask() -> int:
@@ -137,18 +227,20 @@ _FAULTS: dict[str, int] = {}
 def fault_point(name: str) -> None:
     """Fault injection for the reliability tests: with LOC_UNLEARN_FAULT=name:n in the environment, the
     n-th time this point is reached the process kills itself with SIGKILL (no cleanup, like a power cut
-    or the OOM killer). Several points: LOC_UNLEARN_FAULT=a:2,b:1. A no-op otherwise."""
+    or the OOM killer). name:n:TERM (USR1, ...) sends that signal instead, as a scheduler's preemption
+    would at that moment (stop.py). Several points: LOC_UNLEARN_FAULT=a:2,b:1:TERM. A no-op otherwise."""
     spec = os.environ.get("LOC_UNLEARN_FAULT")
     if not spec:
         return
     for item in spec.split(","):
-        want, _, n = item.partition(":")
+        want, _, rest = item.partition(":")
+        n, _, sig = rest.partition(":")
         if want == name:
             _FAULTS[name] = _FAULTS.get(name, 0) + 1
             if _FAULTS[name] == int(n or 1):
                 import signal
 
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), getattr(signal, f"SIG{sig.upper()}") if sig else signal.SIGKILL)
 
 
 # ----------------------------------------------------------------------------- the one device rule

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from loc_unlearn.errors import CheckpointError, UserError
+from loc_unlearn.errors import CheckpointError, UserError, WriteError
 
 from helpers import MINI, run_cli
 
@@ -79,7 +79,7 @@ def test_disk_full_during_save_leaves_nothing_complete(tmp_path, monkeypatch):
         return {}
 
     monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
-    with pytest.raises(OSError):
+    with pytest.raises(WriteError, match="no space left on device"):
         cached(tmp_path, "stage", {"k": 1}, build)
     d = next((tmp_path / "stage").iterdir())
     assert not (d / "w.safetensors").exists() and not (d / "manifest.json").exists()
@@ -102,7 +102,7 @@ def test_model_folder_save_is_atomic(tmp_path, monkeypatch, tiny_model_dir):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(type(model), "save_pretrained", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(WriteError, match=f"cannot write {out}: no space left"):
         load.save_model(model, tok, out)
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
 

@@ -53,7 +53,19 @@ def test_reference_accepts_a_run_dir_and_names_itself(capsys, tmp_path, tiny_mod
     assert rc == 2 and "reference (eval.reference)=/nonexistent" in err and "model.path" not in err, err
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_runs_dir_that_cannot_be_created(capsys, tmp_path, tiny_model_dir):
+    """Also as root (how CI runs, and root ignores permissions): a file where the runs dir must be made."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    for runs_dir in (blocker / "runs", blocker):
+        rc, err = run_cli(capsys, "evaluate", f"runs_dir={runs_dir}", f"model={tiny_model_dir}")
+        assert rc == 2 and "cannot write" in err and str(blocker) in err and "in the way" in err, err
+        assert blocker.read_text() == "in the way"  # nothing lost
+    rc, err = run_cli(capsys, "data", "generate", f"runs_dir={tmp_path}", f"out={blocker / 'world'}")
+    assert rc == 2 and "cannot write" in err and str(blocker) in err, err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions; the test above runs as root")
 def test_read_only_runs_dir(capsys, tmp_path, tiny_model_dir):
     ro = tmp_path / "ro"
     ro.mkdir()

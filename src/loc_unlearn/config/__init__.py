@@ -46,6 +46,9 @@ class StudyConfig:
     """GPUs per SLURM job."""
     slurm_time_min: int = 240
     """SLURM time limit per job (minutes)."""
+    slurm_signal_delay_s: int = 120
+    """Seconds before the time limit at which SLURM signals a job (SIGUSR2): it stops at the next training
+    step with a checkpoint written and is requeued, so this must cover one step and one checkpoint save."""
     output_fit: bool = True
     """Also run the per-layer output-reproduction analysis (SPEC §9)."""
     scopes: list[str] = field(default_factory=lambda: ["global"])

@@ -15,12 +15,13 @@ import os
 import pickle
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
-from ..utils import log
+from ..utils import log, writing
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -137,9 +138,10 @@ def save_model(model, tokenizer, out_dir) -> Path:
     next to it and renamed, so `out_dir` is either absent, the old model, or the complete new one."""
     _quiet_hf()
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}-{time.monotonic_ns()}"
-    try:
+    # writing: transformers writes through safetensors, whose disk-full error is no OSError
+    with writing(out), _removing(tmp):
+        out.parent.mkdir(parents=True, exist_ok=True)
         if getattr(model, "hf_quantizer", None) is not None:
             # A leftover (GGUF) quantizer makes save_pretrained refuse; the weights are already dense.
             model.hf_quantizer.remove_quantization_config(model)
@@ -152,9 +154,15 @@ def save_model(model, tokenizer, out_dir) -> Path:
         os.replace(tmp, out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+@contextmanager
+def _removing(tmp: Path):
+    try:
+        yield
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 def train_tokenizer(text_file, vocab_size: int):

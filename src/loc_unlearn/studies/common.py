@@ -59,6 +59,8 @@ def study_key(cfg: Config, name: str, data: DataSource) -> dict:
     # model.arch (architecture numbers for `loc-unlearn plan`) describes model.path, which is in the key: left
     # out too, so presets that carry it keep the study keys they had without it.
     config["model"] = {k: v for k, v in config["model"].items() if k != "arch"}
+    # when SLURM signals a job only decides where it is requeued, and study keys stay as they were before it
+    config["study"] = {k: v for k, v in config["study"].items() if k != "slurm_signal_delay_s"}
     return {"study": name, "config": config | {"runs_dir": "", "out": "", "input_model": ""},
             "data": data.fingerprint}
 

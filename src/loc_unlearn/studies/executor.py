@@ -6,13 +6,21 @@ ever write their own cached run directories, so a failed or preempted job is sim
 resumes from its last checkpoint. Results are gathered afterwards by calling the same job function
 locally: every stage it touches is complete by then, so it only reads the cached metrics (no pickled
 results are trusted for the numbers). Job functions must be module-level (picklable), see common.py.
+
+Preemption and time limits on SLURM: submitit sends SIGUSR2 `study.slurm_signal_delay_s` before the limit
+(and schedulers SIGTERM on preemption); every job runs as a `StudyJob`, which stops at the next training
+step boundary (stop.py: a checkpoint is written) and then has submitit requeue the same job with the same
+arguments, which resumes from that checkpoint.
 """
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Callable
 
+from .. import stop
 from ..config import Config
+from ..errors import Preempted
 from ..utils import log, progress
 
 
@@ -24,8 +32,11 @@ def _executor(cfg: Config, name: str):
     cluster = "debug" if cfg.study.executor == "debug" else "slurm"
     ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
     if cluster == "slurm":
+        # requeue: submitit requeues a preempted or timed-out job with `scontrol requeue`, which SLURM
+        # refuses for a job submitted as not requeueable (some clusters' default)
         params = {"timeout_min": cfg.study.slurm_time_min, "gpus_per_node": cfg.study.slurm_gpus,
-                  "slurm_array_parallelism": 64}
+                  "slurm_array_parallelism": 64, "slurm_signal_delay_s": cfg.study.slurm_signal_delay_s,
+                  "slurm_additional_parameters": {"requeue": True}}
         if cfg.study.slurm_partition:
             params["slurm_partition"] = cfg.study.slurm_partition
         ex.update_parameters(**params)
@@ -37,9 +48,50 @@ def execute(cfg: Config, fn: Callable[[Config, dict], dict], jobs: list[dict], n
     if cfg.study.executor == "local":
         return [fn(cfg, j) for j in progress(jobs, desc=name)]
     ex = _executor(cfg, name)
-    submitted = ex.map_array(fn, [cfg] * len(jobs), jobs)
+    submitted = ex.map_array(StudyJob(fn), [cfg] * len(jobs), jobs)
     log(f"{name}: submitted {len(submitted)} jobs through submitit ({cfg.study.executor}); waiting")
     for j in progress(submitted, desc=f"{name} (waiting)"):
         j.result()  # raises if a job failed, with its log path
     # Gather: every stage is complete now, so this only reads cached metrics.
     return [fn(cfg, j) for j in jobs]
+
+
+class StudyJob:
+    """`fn(cfg, job)` as a submitit job that is requeued when preempted or out of time.
+
+    submitit requeues a job whose callable has a `checkpoint` method (its helpers.Checkpointable protocol,
+    duck-typed here so that local runs need no submitit): it calls it on its signal (SIGUSR2) and submits
+    what it returns. That is the same call again: every stage is cached and training resumes from its
+    checkpoints. While the job runs, its signal and the stop signals (stop.py: SIGTERM on preemption) stop
+    it at the next training step boundary with a checkpoint written; only then is submitit's own handler
+    called, which requeues the job and exits."""
+
+    def __init__(self, fn: Callable[[Config, dict], dict]):
+        self.fn = fn
+
+    def __call__(self, cfg: Config, job: dict) -> dict:
+        usr = _submitit_signal()
+        requeue = signal.getsignal(usr) if usr else None
+        try:
+            with stop.handling(list(dict.fromkeys([*stop.stop_signals(), *([usr] if usr else [])]))):
+                return self.fn(cfg, job)
+        except Preempted as e:
+            log(f"{e} Requeueing the job through submitit.")
+            if callable(requeue):
+                requeue(usr, None)  # submitit: calls checkpoint(), requeues, exits
+            raise
+
+    def checkpoint(self, cfg: Config, job: dict):
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, cfg, job)
+
+
+def _submitit_signal():
+    """The signal submitit's job environment uses for preemption and time-outs (SIGUSR2 unless
+    SUBMITIT_PREEMPT_SIGNAL says otherwise), or None outside a submitit job."""
+    try:
+        from submitit import JobEnvironment
+    except ImportError:
+        return None
+    return JobEnvironment._usr_sig()

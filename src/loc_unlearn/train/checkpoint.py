@@ -18,7 +18,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..models.value_vectors import shape, value_matrix
-from ..utils import fault_point, log, save_safetensors_atomic, sha256_file, write_json_atomic
+from ..utils import fault_point, log, save_safetensors_atomic, sha256_file, write_json_atomic, writing
 from .masked import merge_columns
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)$")
@@ -36,19 +36,23 @@ def save_checkpoint(out_dir: Path, step: int, weights: dict, masked: bool, model
     final = out_dir / f"ckpt-{step}"
     tmp = out_dir / f".tmp-ckpt-{step}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    meta = {"format": "masked_delta" if masked else "full", **{k: str(v) for k, v in model_fingerprint.items()}}
-    # clone: tied weights share storage, which safetensors refuses to write
-    save_safetensors_atomic({k: v.detach().cpu().clone() for k, v in weights.items()}, tmp / _weights_file(masked),
-                            metadata=meta)
-    save_safetensors_atomic(opt_tensors, tmp / "optimizer.safetensors")
-    groups = param_groups
-    fault_point("checkpoint_save")  # reliability tests: a kill here leaves only a .tmp-ckpt folder
-    write_json_atomic(tmp / "trainer_state.json", {**state, "param_groups": groups})
-    write_json_atomic(tmp / "manifest.json", {p.name: sha256_file(p) for p in sorted(tmp.iterdir())})
-    if final.exists():  # the same step written by an earlier attempt: replace it whole
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with writing(final, rename=True):  # names the checkpoint, not its temp folder
+        try:
+            tmp.mkdir(parents=True)
+            meta = {"format": "masked_delta" if masked else "full", **{k: str(v) for k, v in model_fingerprint.items()}}
+            # clone: tied weights share storage, which safetensors refuses to write
+            save_safetensors_atomic({k: v.detach().cpu().clone() for k, v in weights.items()},
+                                    tmp / _weights_file(masked), metadata=meta)
+            save_safetensors_atomic(opt_tensors, tmp / "optimizer.safetensors")
+            fault_point("checkpoint_save")  # reliability tests: a kill here leaves only a .tmp-ckpt folder
+            write_json_atomic(tmp / "trainer_state.json", {**state, "param_groups": param_groups})
+            write_json_atomic(tmp / "manifest.json", {p.name: sha256_file(p) for p in sorted(tmp.iterdir())})
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a full disk needs the space back (a SIGKILL leaves it)
+            raise
+        if final.exists():  # the same step written by an earlier attempt: replace it whole
+            shutil.rmtree(final)
+        os.replace(tmp, final)
     return final
 
 
@@ -103,6 +107,21 @@ def resume_latest(out_dir: Path, run_key: str, masked: bool, load_weights, load_
         load_optimizer(load_file(str(ck / "optimizer.safetensors"), device=dev), st["param_groups"])
         return ck, st
     return None
+
+
+def drop_resume_points(out_dir: Path, keep: set[int]) -> None:
+    """Delete the checkpoints written only to resume after a stop signal (trainer state `resume_only`) at
+    steps not in `keep`: once the run has gone past them they are no trajectory point, and a resumed run's
+    folder then holds the same files as an uninterrupted one's (the same run fingerprint)."""
+    for step, ck in checkpoints(out_dir):
+        if step in keep:
+            continue
+        try:
+            extra = json.loads((ck / "trainer_state.json").read_text()).get("resume_only")
+        except (OSError, json.JSONDecodeError):
+            continue
+        if extra:
+            shutil.rmtree(ck, ignore_errors=True)
 
 
 def load_ref_logps(out_dir: Path) -> dict[str, torch.Tensor] | None:

@@ -34,12 +34,13 @@ import torch
 
 from ..config import TrainConfig
 from ..data.formatting import collate, context_length, encode_fit, encode_qa, pad_id
-from ..errors import CheckpointError, TrainingDiverged, UserError
+from .. import stop
+from ..errors import CheckpointError, Preempted, TrainingDiverged, UserError
 from ..models.value_vectors import fingerprint, shape
 from ..utils import eval_mode, fault_point, log, progress, sha256_json
 from . import engine
-from .checkpoint import (checkpoints, last_checkpoint, load_checkpoint, load_ref_logps, resume_latest,
-                         save_checkpoint, save_ref_logps)
+from .checkpoint import (checkpoints, drop_resume_points, last_checkpoint, load_checkpoint, load_ref_logps,
+                         resume_latest, save_checkpoint, save_ref_logps)
 from .masked import MaskedDelta, delta_entries, full, merge_state
 from .objectives import OBJECTIVES, Context, Objective, resolve_hparams, sequence_logps
 
@@ -366,7 +367,7 @@ def _diverged(run: _Run, plan: _Plan, rec: dict, out_dir: Path) -> TrainingDiver
                             "or change the objective's hyperparameters.")
 
 
-def _checkpoint(run: _Run, plan: _Plan, out_dir: Path, step: int) -> None:
+def _checkpoint(run: _Run, plan: _Plan, out_dir: Path, step: int, resume_only: bool = False) -> None:
     # Gathering is a collective under a sharding engine: every process gathers, the main one writes.
     if run.engine == "deepspeed":  # partitions: gather through the engine, keep the deltas
         weights = engine.full_state_dict(run.acc, run.model)
@@ -381,15 +382,60 @@ def _checkpoint(run: _Run, plan: _Plan, out_dir: Path, step: int) -> None:
                                            groups, {"step": step, "epoch": step / plan.spe,
                                                     "total_steps": plan.total, "run_key": plan.key,
                                                     "objective": plan.name, "hparams": plan.hp,
-                                                    "engine": run.engine, "log": run.history}))
+                                                    "engine": run.engine, "log": run.history,
+                                                    **({"resume_only": True} if resume_only else {})}))
     run.acc.wait_for_everyone()
 
 
+def _stop_signal(run: _Run) -> int:
+    """The stop signal received (stop.py), 0 if none; under several processes the same answer on every
+    process (the largest signal number any received), so all stop after the same step and none is left
+    waiting in a collective."""
+    sig = stop.requested()
+    if run.acc.num_processes > 1:
+        t = torch.tensor([sig], device=run.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        sig = int(t.item())
+    return sig
+
+
+def _stop_if_requested(run: _Run, plan: _Plan, out_dir: Path, step: int, written: bool, bar) -> None:
+    """At a step boundary (`step` steps done): on a stop signal, write a checkpoint at `step` unless one
+    was just `written` (a resume point only: dropped once the run has gone past it) and raise Preempted."""
+    sig = _stop_signal(run)
+    if not sig:
+        return
+    bar.close()
+    where = f"of training '{plan.name}' in {out_dir}"
+    if run.engine == "deepspeed":  # its checkpoints are no resume points (_resume)
+        raise Preempted(sig, f"after step {step}/{plan.total} {where} (under DeepSpeed a rerun starts over)",
+                        f"step 0/{plan.total}")
+    if step == run.start:
+        last = last_checkpoint(out_dir)
+        raise Preempted(sig, f"at step {step}/{plan.total} {where}, before its next step "
+                             f"({'last checkpoint ' + last.name if last else 'no checkpoint yet'})",
+                        f"step {step}/{plan.total}")
+    if not written:
+        _checkpoint(run, plan, out_dir, step, resume_only=True)
+    raise Preempted(sig, f"after step {step}/{plan.total} {where} (checkpoint ckpt-{step} written)",
+                    f"step {step}/{plan.total}")
+
+
 def _steps(run: _Run, plan: _Plan, out_dir: Path, post_step=None) -> None:
-    cfg, N, R = plan.cfg, len(plan.items["forget"]), len(plan.items["retain"])
+    cfg = plan.cfg
     quiet = not run.acc.is_main_process or os.environ.get("LOC_UNLEARN_QUIET") == "1"
     bar = progress(total=plan.total, initial=run.start, desc=f"train {plan.name}", disable=quiet)
     run.model.train()
+    # A stop signal (SIGTERM: preemption) lets the current step finish; the loop stops at its end.
+    with stop.deferred():
+        fault_point("train_start")
+        _stop_if_requested(run, plan, out_dir, run.start, False, bar)
+        _step_range(run, plan, out_dir, cfg, bar, post_step)
+    bar.close()
+
+
+def _step_range(run: _Run, plan: _Plan, out_dir: Path, cfg: TrainConfig, bar, post_step) -> None:
+    N, R = len(plan.items["forget"]), len(plan.items["retain"])
     perm = pairs = None
     cur_epoch = -1
     for step in range(run.start, plan.total):
@@ -411,17 +457,20 @@ def _steps(run: _Run, plan: _Plan, out_dir: Path, post_step=None) -> None:
         run.history.append(rec)
         bar.update(1)
         bar.set_postfix(loss=f"{rec['loss']:.4f}")
-        stop = cfg.max_steps and step + 1 >= cfg.max_steps and step + 1 < plan.total
-        if step + 1 in plan.ckpt_steps or stop:
+        last = cfg.max_steps and step + 1 >= cfg.max_steps and step + 1 < plan.total
+        due = step + 1 in plan.ckpt_steps or last
+        if due:
             _checkpoint(run, plan, out_dir, step + 1)
-        if stop:
+        _stop_if_requested(run, plan, out_dir, step + 1, due, bar)
+        if last:
             break
-    bar.close()
 
 
 def _finish(run: _Run, plan: _Plan, out_dir: Path) -> TrainResult:
     # Trajectory = checkpoints at the planned steps (including ones written before a resume) + where we stopped.
     last_step = run.history[-1]["step"] if run.history else run.start
+    if run.acc.is_main_process:
+        drop_resume_points(out_dir, keep=plan.ckpt_steps | {last_step})
     have = dict(checkpoints(out_dir))
     result = [have[s] for s in sorted(plan.ckpt_steps) if s <= last_step and s in have]
     if last_step in have and have[last_step] not in result:
