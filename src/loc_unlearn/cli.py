@@ -17,13 +17,15 @@ from .commands import COMMANDS, COMMON
 from .config import build_config
 from .errors import Preempted, UserError, WriteError
 
-TOP_LEVEL = ["runs_dir", "input_model", "out", "preset"]
+TOP_LEVEL = ["runs_dir", "input_model", "out", "preset", "plugins"]
 # Top-level keys listed only by the commands that load a model (their sections include "model").
 MODEL_TOP_LEVEL = ["device"]
 
 
-def _keys_help(name: str) -> str:
-    """The keys `name` reads: dotted key (type, default) and the first sentence of its docstring."""
+def _keys_help(name: str, plugins: list[str]) -> str:
+    """The keys `name` reads: dotted key (type, default) and the first sentence of its docstring; for the
+    unlearn and localize sections also every registered method's hyperparameters, and for eval the metrics
+    (built in and from `plugins`, loaded first: a plug-in's hyperparameters are listed like the others)."""
     from .config import Config
     from .config_docs import describe_keys, field_docs
 
@@ -31,10 +33,21 @@ def _keys_help(name: str) -> str:
     sections = COMMANDS[name].sections
     top = TOP_LEVEL + (MODEL_TOP_LEVEL if "model" in sections else [])
     rows = [(k, _type_name(k), repr(getattr(Config(), k)), docs.get(k, "").split(". ")[0]) for k in top]
+    methods = [s for s in sections if s in ("unlearn", "localize", "eval")]
+    if methods:
+        from .plugins import load_plugins, metrics_help, params_help  # imports torch: only for these sections
+
+        load_plugins(plugins)
     for section in sections:
         rows += describe_keys(section)
+        if section in ("unlearn", "localize"):
+            rows += [(k, t, f"per method: {d}", doc) for k, t, d, doc in params_help(section)]
     lines = ["config keys (key=value; defaults before presets, preset=tiny sets its own):"]
     lines += [f"  {k} ({t}, default {d}): {doc}" for k, t, d, doc in rows]
+    if "eval" in methods:
+        lines += ["metrics for eval.metrics=[NAME,...] (computed at every full evaluation point):"]
+        lines += [f"  {n}: {label}, {direction}. {doc}" for n, label, direction, doc in metrics_help()] or [
+            "  (none registered: plugins=FILE.py adds them, README 'Add your own method')"]
     return "\n".join(lines)
 
 
@@ -44,8 +57,10 @@ def _type_name(key: str) -> str:
 
     from .config import Config, _hints
 
-    choices = typing.get_args(_hints(Config)[key])
-    return "|".join(choices) if choices else "str"
+    tp = _hints(Config)[key]
+    if typing.get_origin(tp) is typing.Literal:
+        return "|".join(typing.get_args(tp))
+    return str(tp).replace("typing.", "") if typing.get_args(tp) else getattr(tp, "__name__", str(tp))
 
 
 def _group_usage(group: str) -> str:
@@ -54,6 +69,14 @@ def _group_usage(group: str) -> str:
     lines += [f"  {n.split(' ', 1)[1]:18s} {h}" for n, h in subs]
     lines += ["", f"`loc-unlearn {group} <subcommand> --help` lists the config keys it reads."]
     return "\n".join(lines)
+
+
+def _plugins_named(args: list[str]) -> list[str]:
+    """plugins=a.py,b.py (or [a.py]) on the command line, for --help; the config parser reads it for runs."""
+    for a in args:
+        if a.startswith("plugins="):
+            return [p for p in a.split("=", 1)[1].strip("[]").split(",") if p.strip()]
+    return []
 
 
 def _usage() -> str:
@@ -96,7 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {name!r}; known commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     cmd = COMMANDS[name]
-    parser = argparse.ArgumentParser(prog=f"loc-unlearn {name}", description=cmd.help, epilog=_keys_help(name),
+    wants_help = any(a in ("-h", "--help") for a in rest)
+    try:
+        epilog = _keys_help(name, _plugins_named(rest)) if wants_help else None
+    except UserError as e:  # a plug-in named on the command line that does not load
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog=f"loc-unlearn {name}", description=cmd.help, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help="YAML file with config values")
     parser.add_argument("positional", nargs="*",
@@ -109,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with stop.handling(stop.stop_signals()):
             cfg = build_config(config_file=args.config, overrides=overrides, aliases=all_aliases)
+            if any(s in cmd.sections for s in ("unlearn", "localize", "eval", "study")):
+                from .plugins import check_methods  # loads cfg.plugins; each registry checks its names
+
+                check_methods(cfg)
             if positional and not cmd.positional:
                 raise UserError(f"{name} takes key=value arguments only; got {' '.join(positional)!r}")
             _quiet_deepspeed()

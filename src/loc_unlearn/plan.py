@@ -457,7 +457,9 @@ def objective_shape(method: str, hp_section, n_layers: int) -> tuple[int, int | 
     obj = OBJECTIVES.get(method)
     hp = resolve_hparams(method, hparams_from(hp_section) if hp_section is not None else {}, n_layers)
     forwards = 1 + int(obj.needs_retain(hp)) + int(obj.needs_idk)
-    depth = hp["rmu_layer"] + 1 if obj.target is not None else None
+    # A steering target with a layer hyperparameter (RMU): the forward stops after that layer. A plug-in
+    # that declares a target but no rmu_layer is planned as a full forward (an upper bound).
+    depth = hp["rmu_layer"] + 1 if obj.target is not None and "rmu_layer" in hp else None
     return forwards, depth
 
 

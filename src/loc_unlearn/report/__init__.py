@@ -149,6 +149,8 @@ def controlled_sections(res: dict, made: list) -> list[tuple[str, list]]:
          ("MU95: Oracle vs Random", [tables.comparison_table(res, "mu95"),
                                      "MU95 = log10 FQ where MU first drops below 95% of its start (higher is better)."
                                      + _full_at_note(res)]),
+         *[(f"{m['label']}: Oracle vs Random", [tables.comparison_table(res, m["name"]), tables.metric_note(m)])
+           for m in res.get("metrics") or []],
          ("Trajectories", _plot(plots.trajectories(res), "trajectories.png",
                                 "RS vs FS along each unlearning run; one line per seed.", made))]
     if res.get("injection"):
@@ -175,6 +177,8 @@ def controlled_sections(res: dict, made: list) -> list[tuple[str, list]]:
 
 def localization_sections(res: dict, made: list) -> list[tuple[str, list]]:
     s = [("AUES and MU95 per localizer", [tables.localization_table(res)]),
+         *[(f"{m['label']} per localizer", [tables.localization_metric_table(res, m), tables.metric_note(m)])
+           for m in res.get("metrics") or []],
          ("Trajectories", _plot(plots.trajectories(res), "trajectories.png",
                                 "RS vs FS along each unlearning run; one colour per localizer.", made))]
     if res.get("masks"):
@@ -220,6 +224,11 @@ def build_report(study_dir: str | Path) -> dict:
     return {"html": htm, "md": md, "plots": paths}
 
 
+def extra_metric_names(res: dict) -> list[str]:
+    """The extra metrics (eval.metrics) a study declared in results.json `metrics`."""
+    return [m["name"] for m in res.get("metrics") or []]
+
+
 def cli_summary(res: dict) -> list[str]:
     """Plain-text Oracle-vs-Random table for the terminal (the report's numbers, no Markdown). One seed:
     means without ±, tests as "n/a (1 seed)"."""
@@ -229,7 +238,7 @@ def cli_summary(res: dict) -> list[str]:
              f"{'method':8s} {'metric':6s} {'oracle':>16s} {'random':>16s} {'p(t)':>13s} {'p(W)':>13s}  MDD (n, sd)"]
     censored = []
     for m in methods_of(runs):
-        for metric in ("aues", "mu95"):
+        for metric in ("aues", "mu95", *extra_metric_names(res)):
             nd = 2 if metric == "mu95" else 3
             t = paired(res, m, metric)
             cells = [fmt_ms(list(by_seed(runs, m, reg, metric).values()), nd) for reg in REGIONS]

@@ -86,7 +86,8 @@ def comparison_table(res: dict, metric: str) -> Table:
             else:
                 cells.append("n/a")
         rows.append(cells)
-    name = "AUES" if metric == "aues" else "MU95"
+    name = {"aues": "AUES", "mu95": "MU95"}.get(metric) or next(
+        (m["label"] for m in res.get("metrics") or [] if m["name"] == metric), metric)
     headers = ["method", f"{name} Oracle", f"{name} Random", "diff (O-R)", CI_HEADER, BOOT_HEADER, "p (paired t)",
                "p (Wilcoxon)", MDD_HEADER, "seeds"] + (["censored (O / R)"] if metric == "mu95" else [])
     out = Table(headers, rows)
@@ -179,12 +180,31 @@ def output_fit_tables(res: dict) -> list[Table]:
 
 def runs_table(res: dict) -> Table:
     key = "region" if res["study"] == "controlled" else "localizer"
+    extra = res.get("metrics") or []
     rows = []
     for r in res["runs"]:
         mark = f" {MU95_MARK}" if r.get("mu95_not_reached") else ""
         rows.append([r["method"], str(r[key]), str(r.get("seed", "")), fmt(r["aues"]), fmt(r["mu95"], 2) + mark,
-                     str(len(r.get("trajectory") or []))])
-    return Table(["method", key, "seed", "AUES", "MU95", "points"], rows)
+                     *[fmt(r.get(m["name"])) for m in extra], str(len(r.get("trajectory") or []))])
+    return Table(["method", key, "seed", "AUES", "MU95", *[m["label"] for m in extra], "points"], rows)
+
+
+def metric_note(m: dict) -> str:
+    """What an extra metric (eval.metrics) is: its declaration as the study recorded it."""
+    direction = "higher is better" if m.get("higher_is_better", True) else "lower is better"
+    return (f"{m['label']} (`{m['name']}`, {direction}): {m.get('doc') or 'a registered metric'}. Value at each run's "
+            "last fully evaluated checkpoint.")
+
+
+def localization_metric_table(res: dict, m: dict) -> Table:
+    """An extra metric per localizer x unlearning method: mean ± std over the runs of that cell."""
+    runs = res["runs"]
+    methods = methods_of(runs)
+    def cell(loc, meth):
+        return [r[m["name"]] for r in runs if r["localizer"] == loc and r["method"] == meth and isnum(r.get(m["name"]))]
+
+    rows = [[loc] + [fmt_ms(cell(loc, meth)) for meth in methods] for loc in localizers_of(runs)]
+    return Table(["localizer"] + [f"{meth} {m['label']}" for meth in methods], rows)
 
 
 # ----------------------------------------------------------------------------- localization benchmark

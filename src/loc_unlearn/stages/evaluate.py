@@ -11,6 +11,7 @@ from ..data.source import DataSource
 from ..evaluate.record import Point
 from ..evaluate.tofu import evaluate_model
 from ..evaluate.tradeoff import summarize_trajectory
+from ..registry import METRICS
 from ..runs import cached
 from ..utils import device_info, sha256_file, sha256_json
 from .common import ModelRef, resolve_model
@@ -38,6 +39,9 @@ def eval_key(cfg: Config) -> dict:
     e = asdict(cfg.eval)
     for k in ("reference", "curve", "envelope", "left_anchor", "mu95", "full_at"):
         e.pop(k)
+    sources = {n: METRICS.fingerprint(n) for n in cfg.eval.metrics if METRICS.fingerprint(n)}
+    if sources:  # plug-in metrics: their source files' content names every evaluation that computes them
+        e["metric_sources"] = sources
     return e | {"max_eval_rows": cfg.data.max_eval_rows, "forget_split": cfg.data.forget_split}
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..config import Config
 from ..data.source import DataSource
 from ..masks.localize import localize as localize_mask
+from ..registry import LOCALIZERS
 from ..runs import cached, path_fingerprint
 from ..utils import device_info, sha256_file
 from .common import ModelRef
@@ -32,6 +33,8 @@ def localize(cfg: Config, data: DataSource, model: ModelRef, lcfg=None) -> Path:
     # Paths in keys are replaced by content hashes: the same inputs share a run in any directory.
     key = {"localize": asdict(lcfg) | {"compare": [], "source_mask": "", "reference": path_fingerprint(lcfg.reference)},
            "model": model.fingerprint, "data": data.fingerprint, "source_mask": src_fp}
+    if LOCALIZERS.fingerprint(lcfg.method):  # a plug-in: its source file's content names the run too
+        key["method_source"] = LOCALIZERS.fingerprint(lcfg.method)
     run = cached(cfg.runs_dir, "localize", key, build)
     return run.path / "mask.safetensors"
 

@@ -12,6 +12,7 @@ from ..evaluate.record import Point
 from ..evaluate.tofu import evaluate_model
 from ..evaluate.tradeoff import mix_state_dicts, summarize_trajectory
 from ..masks.mask import Mask
+from ..registry import OBJECTIVES
 from ..models.value_vectors import shape
 from ..runs import Run, cached
 from ..train import loop
@@ -75,6 +76,8 @@ def unlearn(cfg: Config, data: DataSource, model: ModelRef, mask_path: str | Pat
            "reference": reference.fingerprint, "data": data.fingerprint}
     if cfg.eval.full_at != "all":  # only then: run keys from before the option stay as they were
         key["eval"]["full_at"] = cfg.eval.full_at
+    if OBJECTIVES.fingerprint(ucfg.method):  # a plug-in: its source file's content names the run too
+        key["method_source"] = OBJECTIVES.fingerprint(ucfg.method)
     return cached(cfg.runs_dir, "unlearn", key, build, collective=True)
 
 

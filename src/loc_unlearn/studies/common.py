@@ -20,6 +20,10 @@ from typing import Callable
 from .. import stages
 from ..config import Config
 from ..data.source import DataSource
+from ..errors import ConfigError
+from ..evaluate.record import Point
+from ..plugins import check_methods
+from ..registry import LOCALIZERS, METRICS, OBJECTIVES
 from ..report import build_report
 from ..report.setup import PRESET_MODELS
 from ..runs import Run, cached
@@ -61,13 +65,28 @@ def study_key(cfg: Config, name: str, data: DataSource) -> dict:
     config["model"] = {k: v for k, v in config["model"].items() if k != "arch"}
     # when SLURM signals a job only decides where it is requeued, and study keys stay as they were before it
     config["study"] = {k: v for k, v in config["study"].items() if k != "slurm_signal_delay_s"}
-    return {"study": name, "config": config | {"runs_dir": "", "out": "", "input_model": ""},
-            "data": data.fingerprint}
+    key = {"study": name, "config": config | {"runs_dir": "", "out": "", "input_model": ""},
+           "data": data.fingerprint}
+    if cfg.plugins:  # a changed plug-in file is another study (its methods' own runs are keyed by it too)
+        key["plugins"] = plugin_fingerprints(cfg)
+    return key
+
+
+def plugin_fingerprints(cfg: Config) -> dict:
+    """name -> source fingerprint of every plug-in method the config names (registries.fingerprint)."""
+    out = {}
+    for reg, names in ((OBJECTIVES, [cfg.unlearn.method, *cfg.study.methods, *cfg.unlearn.per_method]),
+                       (LOCALIZERS, [cfg.localize.method, *cfg.study.localizers]), (METRICS, cfg.eval.metrics)):
+        for n in names:
+            if n in reg and reg.fingerprint(n):
+                out[f"{reg.kind}:{n}"] = reg.fingerprint(n)
+    return out
 
 
 def run_study(cfg: Config, study: Study) -> Path:
     """Run (or resume) `study`; returns its directory with results.json, report.html and report.md."""
     t0 = time.time()
+    check_methods(cfg)  # every method name and hyperparameter (plug-ins loaded), before any work
     data = stages.data_source(cfg)
     key = study_key(cfg, study.name, data)
 
@@ -77,6 +96,8 @@ def run_study(cfg: Config, study: Study) -> Path:
         outputs = {w.name: execute(cfg, w.job, w.specs, w.name) for w in study.waves}
         res = {"study": study.name, "preset": cfg.preset, "config": key["config"],
                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **study.gather(cfg, data, outputs)}
+        if cfg.eval.metrics:  # what the report needs to render the extra metrics (it imports no registry)
+            res["metrics"] = declared_metrics(cfg)
         res["elapsed_s"] = round(time.time() - t0, 1)
         write_json_atomic(p / "results.json", res)
         build_report(p)
@@ -86,10 +107,25 @@ def run_study(cfg: Config, study: Study) -> Path:
 
 
 def unlearn_result(job: dict, run: Run) -> dict:
-    """One entry of results.json's `runs`: the job's spec and its unlearning run's summary."""
+    """One entry of results.json's `runs`: the job's spec and its unlearning run's summary, and each extra
+    metric (eval.metrics) at the run's last fully evaluated point under its own name, so the paired tests
+    and the report treat it like AUES."""
     met = run.metrics()
-    return {**job, "aues": met["aues"], "mu95": met["mu95"], "mu95_not_reached": met["mu95_not_reached"],
-            "trajectory": met["trajectory"], "run_dir": str(run.path)}
+    out = {**job, "aues": met["aues"], "mu95": met["mu95"], "mu95_not_reached": met["mu95_not_reached"],
+           "trajectory": met["trajectory"], "run_dir": str(run.path)}
+    final = next((Point.from_dict(p) for p in reversed(met["trajectory"]) if p.get("metrics")), None)
+    for name, value in (final.metrics if final else {}).items():
+        if name in out:
+            raise ConfigError(f"eval.metrics: a metric named {name!r} would overwrite the run field {name!r} in "
+                              f"results.json; register it under another name")
+        out[name] = value
+    return out
+
+
+def declared_metrics(cfg: Config) -> list[dict]:
+    """results.json `metrics`: each extra metric's name, label, direction and doc (from its registration)."""
+    return [{"name": n, "label": METRICS[n].label or n, "higher_is_better": METRICS[n].higher_is_better,
+             "doc": METRICS[n].doc} for n in cfg.eval.metrics]
 
 
 def setup_info(cfg: Config, data: DataSource, model_dir) -> dict:

@@ -91,7 +91,7 @@ def gather(cfg: Config, data: DataSource, outputs: dict[str, list[dict]]) -> dic
                          {"full_ft_es": pr["theta_o"].run.metrics()["target_es"] / cfg.inject.target_es_fraction,
                           "norm_ratio": pr["theta_o"].run.metrics().get("norm_ratio", {}).get("theta_o", {}).get("overall")}
                          for pr in preps],
-           "runs": runs, "tests": paired_tests(runs, cfg.study.methods),
+           "runs": runs, "tests": paired_tests(runs, cfg.study.methods, cfg.eval.metrics),
            "masks": [{"seed": pr["seed"], "name": r, "per_layer_counts": Mask.load(pr["masks"][r]).per_layer_counts()}
                      for pr in preps for r in REGIONS]}
     if robustness.enabled(cfg):
@@ -106,10 +106,11 @@ def gather(cfg: Config, data: DataSource, outputs: dict[str, list[dict]]) -> dic
     return res
 
 
-def paired_tests(runs: list[dict], methods: list[str]) -> list[dict]:
+def paired_tests(runs: list[dict], methods: list[str], extra: list[str] = ()) -> list[dict]:
     """Oracle vs Random per (method, metric), paired by seed (SPEC §7 step 4), with t interval, MDD (SPEC §11)
-    and MU95 censoring counts: evaluate.stats.compare_groups."""
-    return [compare_groups(runs, m, metric) for m in methods for metric in ("aues", "mu95")]
+    and MU95 censoring counts: evaluate.stats.compare_groups. `extra`: the eval.metrics, each at the runs'
+    last fully evaluated point."""
+    return [compare_groups(runs, m, metric) for m in methods for metric in ("aues", "mu95", *extra)]
 
 
 def localization_check(cfg: Config, data: DataSource, prep: dict) -> list[dict]:

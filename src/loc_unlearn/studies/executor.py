@@ -21,6 +21,7 @@ from typing import Callable
 from .. import stop
 from ..config import Config
 from ..errors import Preempted
+from ..plugins import load_plugins
 from ..utils import log, progress
 
 
@@ -70,6 +71,7 @@ class StudyJob:
         self.fn = fn
 
     def __call__(self, cfg: Config, job: dict) -> dict:
+        load_plugins(cfg.plugins)  # a fresh process on the cluster: the config's plug-in methods first
         usr = _submitit_signal()
         requeue = signal.getsignal(usr) if usr else None
         try:
