@@ -1,9 +1,9 @@
 # Two commands do all set-up on a fresh machine with Python 3.11:
-#   make demo   -> venv, torch (TORCH_SPEC, CPU wheel by default) first, the project, then `loc-unlearn demo`
+#   make demo   -> venv, torch (TORCH_REQ, CPU wheel by default) first, the project, then `loc-unlearn demo`
 #   make test   -> the same set-up, then the test suite (the default run skips tests marked slow)
 PY ?= python3
 VENV ?= .venv
-TORCH_SPEC ?= torch==2.13.0
+TORCH_REQ ?= torch==2.13.0
 BIN := $(VENV)/bin
 
 .PHONY: setup demo test test-all bench clean gpu-wheels
@@ -12,8 +12,8 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build (ENVIRONMENT.md).
-	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q $(TORCH_REQ)
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 

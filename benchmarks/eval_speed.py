@@ -53,7 +53,7 @@ def bare_loop(model, tok, streams, batch_size):
 
 @torch.inference_mode()
 def es_by_generation(model, tok, rows, batch_size):  # batch_size=1: one example at a time
-    """SPEC §2 by generation: per example the smallest k such that greedy decoding from [x, y_1..y_k]
+    """ES (docs/metrics.md#extraction-strength-es) by generation: per example the smallest k such that greedy decoding from [x, y_1..y_k]
     reproduces y_{k+1..T}; binary search on k, all examples of a batch searched together."""
     dev = next(model.parameters()).device
     items = [encode_qa(tok, r["question"], r["answer"]) for r in rows]
@@ -76,7 +76,7 @@ def es_by_generation(model, tok, rows, batch_size):  # batch_size=1: one example
                 ids[b, T - len(p):] = torch.tensor(p)
                 attn[b, T - len(p):] = 1
             # No min_new_tokens: it would mask eos, and greedy decoding that stops early (emits eos
-            # where y_{k+1} should come) does NOT reproduce the suffix (SPEC §2).
+            # where y_{k+1} should come) does NOT reproduce the suffix (docs/metrics.md#extraction-strength-es).
             out = model.generate(input_ids=ids.to(dev), attention_mask=attn.to(dev), do_sample=False,
                                  max_new_tokens=n_new, pad_token_id=tok.pad_token_id,
                                  temperature=None, top_p=None, top_k=None)

@@ -1,6 +1,6 @@
 """How low can Forget Quality go at the demo's forget size? (benchmarks/RESULTS.md, issue 11)
 
-FQ is the KS p-value between two sets of forget-set truth ratios (SPEC §3). Its floor at n rows per side is
+FQ is the KS p-value between two sets of forget-set truth ratios (docs/metrics.md#forget-quality-fq). Its floor at n rows per side is
 set by how far apart the two distributions can be: the KS statistic D. This script measures the largest D the
 tiny testbed offers, between theta_r's truth ratios on authors it was trained on (retain_perturbed) and on
 authors it never saw (the forget set) -- the gap a perfectly injected theta_o could show at best -- and prints

@@ -1,4 +1,4 @@
-"""Masked training step (DESIGN.md performance targets), 10% value-vector mask, three ways:
+"""Masked training step (target and results: benchmarks/RESULTS.md), 10% value-vector mask, three ways:
 
   ours      MaskedDelta: deltas for the masked columns only (custom autograd, no full weight gradient)
   all_gm    (i)  every parameter trainable, element-wise gradient masks, AdamW over everything

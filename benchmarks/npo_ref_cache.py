@@ -1,4 +1,4 @@
-"""NPO step with cached reference log-probs (ours, SPEC §5) vs recomputing them every step with a second
+"""NPO step with cached reference log-probs (ours, docs/objectives.md#reference-model) vs recomputing them every step with a second
 model copy, both with a 10% value-vector mask (MaskedDelta). Round-robin timing (same batches), medians.
 Memory: bytes of model weights held (the copy) plus the cache.
 

@@ -27,7 +27,7 @@ MINI = [
     "unlearn.train.checkpoint_every=0.5", "unlearn.train.batch_size=4",
     "study.seeds=2", "study.methods=npo,rmu", "study.localizers=random,activation",
     "eval.max_new_tokens=6", "eval.batch_size=32",
-    "study.robustness=off",  # the tiny preset's attacks (SPEC §10): only tests/test_robustness_study.py runs them
+    "study.robustness=off",  # the tiny preset's attacks (docs/attacks.md): only tests/test_robustness_study.py runs them
 ]
 
 
@@ -342,7 +342,7 @@ def write_llama_gguf(model, tok, path: Path) -> Path:
 
 
 def es_by_prefix_search(item, reproduces) -> float:
-    """SPEC §2 by generation, independent of the one-pass ES: k* = smallest k such that greedy decoding from
+    """ES (docs/metrics.md#extraction-strength-es) by generation, independent of the one-pass ES: k* = smallest k such that greedy decoding from
     [x, y_1..y_k] reproduces y_{k+1..T}, found by binary search over k (reproducing from k implies reproducing
     from k+1), then double-checked (k* reproduces, k*-1 does not). `reproduces(prefix_ids, target_ids)` is the
     caller's greedy decoder (plain recompute for tiny models, KV cache for SmolLM2)."""

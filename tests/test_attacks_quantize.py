@@ -1,4 +1,4 @@
-"""Quantization attack (SPEC §10): RTN against an independent numpy loop, its fixed points and grids, which
+"""Quantization attack (docs/attacks.md#quantization-attack): RTN against an independent numpy loop, its fixed points and grids, which
 weights a model quantizes (tied heads once, GPT-2's transposed Conv1D), and the ES of a memorized tiny
 model under 8-bit vs 3-bit."""
 import copy
@@ -18,7 +18,7 @@ from helpers import add_outlier_channel, author_lm, author_rows, es_mean, memori
 
 
 def np_rtn(w, bits, group_size, symmetric):
-    """Reference RTN written from SPEC §10, one group at a time with numpy (float64, cast back)."""
+    """Reference RTN written from docs/attacks.md#quantization-attack, one group at a time with numpy (float64, cast back)."""
     x = np.asarray(w, dtype=np.float64)
     out = np.empty_like(x)
     rows = x.reshape(-1, x.shape[-1])

@@ -1,4 +1,4 @@
-"""Relearning attack (SPEC §10): the probe/relearn split, recovery ratios, k = 0 as the identity, all
+"""Relearning attack (docs/attacks.md#relearning-attack): the probe/relearn split, recovery ratios, k = 0 as the identity, all
 parameters trained, the segmented schedule equal to one run, and a positive check that relearning half of
 each forgotten author's questions brings the other half back on a tiny model. Also the two commands."""
 import copy

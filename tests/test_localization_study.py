@@ -1,4 +1,4 @@
-"""The localization benchmark (SPEC §8) end to end at mini scale, and the study executors."""
+"""The localization benchmark (docs/studies.md#localization-benchmark) end to end at mini scale, and the study executors."""
 import json
 
 import pytest

@@ -1,4 +1,4 @@
-"""MaskedDelta (SPEC §6 "Applying a mask"): only masked value vectors change, gradients and AdamW equal
+"""MaskedDelta (docs/localizers.md#applying-a-mask): only masked value vectors change, gradients and AdamW equal
 training the whole W_down with a gradient mask and decay restricted to the mask."""
 import copy
 import functools

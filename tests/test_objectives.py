@@ -1,4 +1,4 @@
-"""Objectives (SPEC §5) against direct per-example computations written from the SPEC formulas: each
+"""Objectives (docs/objectives.md) against direct per-example computations written from the formulas of docs/objectives.md: each
 example alone (no padding), log_softmax over the vocabulary, hidden states from output_hidden_states."""
 import copy
 import math
@@ -41,7 +41,7 @@ def direct_loss(name, hp, model, ref, f, r, i, target):
              - (lp_f.sum() - direct_token_logps(ref, f).sum())).item()
         lf = -(2 / b) * math.log(sig(b * z))
     elif name == "rmu":
-        l = hp["rmu_layer"]  # answer positions only (answer tokens + eos: labels != -100), SPEC preamble
+        l = hp["rmu_layer"]  # answer positions only (answer tokens + eos: labels != -100), docs/data.md#prompt-and-answer-formatting
         tf, tr = torch.tensor(f["labels"]) != -100, torch.tensor(r["labels"]) != -100
         lf = ((direct_hidden(model, f, l) - target.double()) ** 2)[tf].mean()
         nll_r = ((direct_hidden(model, r, l) - direct_hidden(ref, r, l)) ** 2)[tr].mean()

@@ -1,4 +1,4 @@
-"""Output-reproduction fit (SPEC §9): closed form vs an independent lstsq, known-answer cases, and an
+"""Output-reproduction fit (docs/studies.md#output-fit): closed form vs an independent lstsq, known-answer cases, and an
 end-to-end check on a tiny random Llama."""
 import copy
 import math

@@ -400,7 +400,7 @@ def test_random_series_get_distinct_colours():
         assert len(colors) == len(locs) == len(set(colors))
 
 
-# ----------------------------------------------------------------------------- robustness (SPEC §10)
+# ----------------------------------------------------------------------------- robustness (docs/attacks.md)
 
 
 def _robustness(study: str, groups, seeds, rng) -> dict:
@@ -443,7 +443,7 @@ def test_controlled_robustness_section(tmp_path, capsys):
     res["robustness"] = rob = _robustness("controlled", ("oracle", "random"), seeds, np.random.default_rng(3))
     out = build_report(_write(tmp_path, res))
     md = out["md"].read_text()
-    assert "## Robustness (SPEC §10)" in md and any(p.name == "robustness_recovery.png" for p in out["plots"])
+    assert "## Robustness (docs/attacks.md)" in md and any(p.name == "robustness_recovery.png" for p in out["plots"])
     _check_self_contained(out["html"].read_text(), len(out["plots"]))
     for m in METHODS:
         vals = {g: [r["R_forget_relearn_k20"] for r in rob["runs"] if r["method"] == m and r["region"] == g
@@ -463,7 +463,7 @@ def test_controlled_robustness_section(tmp_path, capsys):
     assert _row(md, "theta_r (reference)", "| model | checkpoint | FS before |")[2:5] == ["0.900", "0.900", "0.900"]
     assert "| checkpoint | method | metric | Oracle | Random |" in md
     text = "\n".join(cli_summary(res))
-    assert "Robustness (SPEC §10, final checkpoint; reduced)" in text and "R(20)" in text and "FS 4-bit" in text
+    assert "Robustness (docs/attacks.md, final checkpoint; reduced)" in text and "R(20)" in text and "FS 4-bit" in text
 
 
 def test_localization_robustness_section_has_values_not_tests(tmp_path):
@@ -474,7 +474,7 @@ def test_localization_robustness_section_has_values_not_tests(tmp_path):
     res = {"study": "localization", "preset": "tiny", "ratio": 0.1, "runs": runs,
            "robustness": _robustness("localization", locs, (None,), rng)}
     md = build_report(_write(tmp_path, res))["md"].read_text()
-    assert "## Robustness (SPEC §10)" in md and "| checkpoint | method | metric |" not in md
+    assert "## Robustness (docs/attacks.md)" in md and "| checkpoint | method | metric |" not in md
     r = next(r for r in res["robustness"]["runs"] if r["localizer"] == "activation" and r["method"] == "npo"
              and r["checkpoint"] == "final")
     cells = [c.strip() for c in md.split("| npo | final | activation |", 1)[1].split("\n", 1)[0].strip("|").split("|")]

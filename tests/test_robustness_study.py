@@ -1,4 +1,4 @@
-"""Robustness attacks inside the controlled study (SPEC §10): end to end on a small mini study, the MU95
+"""Robustness attacks inside the controlled study (docs/attacks.md#attacks-in-the-studies): end to end on a small mini study, the MU95
 checkpoint choice on synthetic trajectories, and a rerun that trains nothing."""
 import json
 import shutil
@@ -86,11 +86,11 @@ def test_report_and_summary_have_the_robustness_section(study, capsys):
 
     _, d, _ = study
     md = (d / "report.md").read_text()
-    assert "## Robustness (SPEC §10)" in md and "robustness_recovery.png" in md
+    assert "## Robustness (docs/attacks.md)" in md and "robustness_recovery.png" in md
     assert (d / "plots" / "robustness_recovery.png").is_file()
     print_summary(d)
     out = capsys.readouterr().out
-    assert "Robustness (SPEC §10, final checkpoint; full)" in out and "FS 4-bit" in out
+    assert "Robustness (docs/attacks.md, final checkpoint; full)" in out and "FS 4-bit" in out
 
 
 def test_rerun_reuses_the_attack_stages(study, monkeypatch):

@@ -185,7 +185,7 @@ def test_rerun_without_study_outputs_reuses_inner_runs_and_recomputes_an_incompl
 
 
 def test_curve_mix_ends_at_the_final_checkpoint(study):
-    """SPEC §4 option curve=mix: 11 points theta(a), a = 0..1; a = 1 is the trained model, so its metrics
+    """Option curve=mix (docs/metrics.md#mix-curve): 11 points theta(a), a = 0..1; a = 1 is the trained model, so its metrics
     equal the last checkpoint's in the default trajectory of the same run."""
     import dataclasses
 

@@ -1,4 +1,4 @@
-"""evaluate_model (SPEC §3): FS/RS, Prob, truth ratio, FQ and MU against independent computations."""
+"""evaluate_model (docs/metrics.md): FS/RS, Prob, truth ratio, FQ and MU against independent computations."""
 import json
 import math
 

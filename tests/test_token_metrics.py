@@ -1,4 +1,4 @@
-"""Token metrics (SPEC §2-3) against independent computations, on a tiny Llama that memorized PART
+"""Token metrics (docs/metrics.md) against independent computations, on a tiny Llama that memorized PART
 of a small QA set (so ES spreads over 0..1)."""
 import math
 

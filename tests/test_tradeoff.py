@@ -1,4 +1,4 @@
-"""AUES / MU95 / mixing against hand-computed curves (SPEC §4)."""
+"""AUES / MU95 / mixing against hand-computed curves (docs/metrics.md)."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""Value-vector adapter (SPEC preamble) on a randomly initialized tiny model of every architecture."""
+"""Value-vector adapter (docs/localizers.md#value-vectors) on a randomly initialized tiny model of every architecture."""
 import pytest
 import torch
 import transformers as tf

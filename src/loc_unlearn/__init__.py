@@ -1,6 +1,6 @@
 """loc-unlearn: does localizing knowledge in value vectors help to unlearn it?
 
-Definitions live in shared SPEC.md (cited as "SPEC §n"); architecture in DESIGN.md and docs/contracts.md.
+Definitions live in docs/ (index docs/README.md; cited as "docs/<page>.md#<anchor>"); interfaces in docs/contracts.md.
 The plug-in API (loc_unlearn.plugins: register_objective, localizer, ...) is re-exported here, lazily:
 importing the package imports nothing else, torch least of all.
 """

@@ -6,10 +6,10 @@ A plug-in file (loaded with `plugins=my_methods.py` or `plugins=my_pkg.methods`,
     from loc_unlearn.plugins import localizer
 
     @localizer("scaled_norm", params={"scale": (2.0, "multiplier of the column norms")})
-    def scaled_norm(cfg, model, tokenizer, forget_rows, retain_rows):
+    def scaled_norm(lcfg, model, tokenizer, forget_rows, retain_rows):
         import torch
         from loc_unlearn.models.value_vectors import shape, value_matrix
-        return cfg.params["scale"] * torch.stack([value_matrix(model, l).detach().double().norm(dim=0)
+        return lcfg.params["scale"] * torch.stack([value_matrix(model, l).detach().double().norm(dim=0)
                                                   for l in range(shape(model)[0])])
 
 Then `localize.method=scaled_norm localize.scale=3` (or `localize.params.scale=3`). The built-in methods

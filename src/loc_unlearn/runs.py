@@ -1,4 +1,4 @@
-"""Content-addressed run directories (DESIGN "Runs, artifacts, resume").
+"""Content-addressed run directories (README.md#where-results-go).
 
 A stage's directory is `runs_dir/<stage>/<hash>` where the hash covers the config sections the stage
 uses and the fingerprints of its inputs (other runs' manifests, data files). A run is complete when its

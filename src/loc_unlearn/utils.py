@@ -244,7 +244,7 @@ def fault_point(name: str) -> None:
 
 
 # ----------------------------------------------------------------------------- the one device rule
-# Every stage that runs a model puts it on its device through `place` right after loading it (stages.py
+# Every stage that runs a model puts it on its device through `place` right after loading it (stages/
 # ModelRef.load and the few loads outside it), so one setting (config key `device`) decides where all of
 # them run. `place` marks the model with the device it chose (PLACED_ATTR): tests/test_device.py records
 # every forward of a top-level model over the mini pipeline and fails on a model without the mark, i.e.

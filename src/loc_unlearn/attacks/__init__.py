@@ -1,4 +1,4 @@
-"""Robustness attacks on unlearned models (SPEC §10): relearning and weight quantization.
+"""Robustness attacks on unlearned models (docs/attacks.md): relearning and weight quantization.
 
 The cached stages that run them are in stages/attacks.py; the commands in commands/attack.py.
 """

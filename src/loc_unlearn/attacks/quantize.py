@@ -1,4 +1,4 @@
-"""Quantization attack (SPEC §10): weight-only round-to-nearest (RTN), simulated in torch.
+"""Quantization attack (docs/attacks.md#quantization-attack): weight-only round-to-nearest (RTN), simulated in torch.
 
 Each weight is quantized to b-bit integer codes and immediately dequantized again ("fake quantization"),
 so the model keeps its dtype and runs anywhere (CPU included) while computing with exactly the values a
@@ -226,8 +226,8 @@ def _es_summary(model, tokenizer, eval_sets: dict, batch_size: int, es_floor: st
 def quantization_attack(model, tokenizer, eval_sets: dict, bits: Iterable = (4, 8), group_size: int = 128,
                         symmetric: bool = True, include: Iterable[str] = ("layers",), batch_size: int = 16,
                         es_floor: str = "none", nf4_blocksize: int = 64) -> dict:
-    """FS and RS (SPEC §2) of `model` before and after each quantization in `bits` (ints for RTN with
-    `group_size`/`symmetric`, or "nf4"), SPEC §10. `eval_sets` maps names to rows ("forget" gives FS,
+    """FS and RS (docs/metrics.md#forget-and-retain-scores-fs-rs) of `model` before and after each quantization in `bits` (ints for RTN with
+    `group_size`/`symmetric`, or "nf4"), docs/attacks.md#quantization-attack. `eval_sets` maps names to rows ("forget" gives FS,
     "retain" gives RS; any other set adds `<name>_es`). The model's weights are restored after each
     setting, so it is left as it came. Returns {"none": metrics, "<bits>": metrics | quantize summary}."""
     res = {"none": _es_summary(model, tokenizer, eval_sets, batch_size, es_floor)}

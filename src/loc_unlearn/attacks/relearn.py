@@ -1,8 +1,8 @@
-"""Relearning attack (SPEC §10): fine-tune an unlearned model on a little data and watch the forgotten
+"""Relearning attack (docs/attacks.md#relearning-attack): fine-tune an unlearned model on a little data and watch the forgotten
 answers come back.
 
 - The forget set is split per author (rows come in author order, `qa_per_author` consecutive rows per
-  author, SPEC §1) into a seeded "relearn" half, which the attacker trains on, and the disjoint "probe"
+  author, docs/data.md#tofu-layout) into a seeded "relearn" half, which the attacker trains on, and the disjoint "probe"
   half, on which recovery is measured (`probe_relearn_split`). The split depends only on the number of
   forget rows, `qa_per_author` and the seed, so Oracle and Random (and every method) share it.
 - The attacker does not know the mask: ALL parameters are trained (`mask=None`), objective `learn`
@@ -34,7 +34,7 @@ RELEARN_DATA = ("forget_relearn", "retain")
 """Training data of the attack: the relearn half of the forget set, or (benign) retain rows only."""
 
 TOFU_QA_PER_AUTHOR = 20
-"""TOFU's questions per author (SPEC §1); the default group size of the split."""
+"""TOFU's questions per author (docs/data.md#tofu-layout); the default group size of the split."""
 
 RECOVERY_EPS = 1e-12
 """|ES_o - ES_u| at or below this makes R(k) undefined (NaN, flagged)."""
@@ -52,7 +52,7 @@ def recovery_defined(es_u, es_o) -> bool:
 
 
 def recovery_ratio(es_k: float, es_u: float, es_o: float) -> float:
-    """`R(k) = (ES_k - ES_u) / (ES_o - ES_u)` (SPEC §10): 0 = nothing back, 1 = everything back (it can leave
+    """`R(k) = (ES_k - ES_u) / (ES_o - ES_u)` (docs/attacks.md#recovery-rk): 0 = nothing back, 1 = everything back (it can leave
     [0, 1]: below 0 if the attack lowers ES further, above 1 if it overshoots theta_o).
 
     Returns float NaN when R is undefined (`recovery_defined` is False): ES_o == ES_u (unlearning changed
@@ -94,7 +94,7 @@ def probe_relearn_split(forget_rows, seed: int, qa_per_author: int = TOFU_QA_PER
                         f"so that both halves get one (config key attack.qa_per_author)")
     if n == 0 or n % qa_per_author:
         raise DataError(f"probe/relearn split: {n} forget rows do not divide into authors of {qa_per_author} "
-                        f"questions (rows are in author order, SPEC §1); set attack.qa_per_author to the "
+                        f"questions (rows are in author order, docs/data.md#tofu-layout); set attack.qa_per_author to the "
                         f"data's questions per author")
     rng = random.Random(int(seed) * 1_000_003 + 17)
     relearn, probe = [], []
@@ -278,7 +278,7 @@ def _check_inputs(data: str, schedule, train_rows, eval_sets: dict, probe_idx) -
 
 def _result(points: list[dict], es_o, **info) -> dict:
     """The attack's JSON result: R(k) of every point from ES_u (k = 0) and ES_o, or a note saying why
-    R(k) is undefined (SPEC §10)."""
+    R(k) is undefined (docs/attacks.md#recovery-rk)."""
     es_u = points[0]["probe_es"]
     defined = recovery_defined(es_u, es_o)
     for p in points:

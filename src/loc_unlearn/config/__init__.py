@@ -9,7 +9,7 @@ Then `Config.validate()` checks ranges, one `validate(where)` per section next t
 with one message (the `check_*` functions, which library code reuses as guards). Method names and their
 hyperparameters (the open `params` mappings of unlearn and localize) are checked by the registries that
 hold them, `plugins.check_methods(cfg)`, after `Config.plugins` are loaded: this package imports no layer.
-Definitions are in SPEC.md; each field's docstring says what it controls (trl style).
+Definitions are in docs/ (index docs/README.md); each field's docstring says what it controls (trl style).
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class StudyConfig:
     """Seconds before the time limit at which SLURM signals a job (SIGUSR2): it stops at the next training
     step with a checkpoint written and is requeued, so this must cover one step and one checkpoint save."""
     output_fit: bool = True
-    """Also run the per-layer output-reproduction analysis (SPEC §9)."""
+    """Also run the per-layer output-reproduction analysis (docs/studies.md#output-fit)."""
     scopes: list[str] = field(default_factory=lambda: ["global"])
     """Top-k scopes of the localization masks (localize.scope values): the controlled study's localization
     check runs every localizer in each; the localization benchmark labels non-global masks `NAME@SCOPE`."""
@@ -58,7 +58,7 @@ class StudyConfig:
     """Localization benchmark: also run, for each attribution method, a random mask with the same
     per-layer counts (`random~METHOD`), separating "which layers" from "which value vectors"."""
     robustness: Literal["off", "reduced", "full"] = "off"
-    """Robustness attacks (SPEC §10) on every unlearned model of a study, at its final checkpoint and at
+    """Robustness attacks (docs/attacks.md) on every unlearned model of a study, at its final checkpoint and at
     its MU95 checkpoint (studies/robustness.py): 'off'; 'reduced' = relearning for 0, 5, 20 steps on the
     forget_relearn half only, RTN at 4 and 8 bits (the tiny demo's setting: minutes on a CPU); 'full' =
     the `attack` section as configured (default schedule 0, 5, 10, 25, 50, both relearn variants, its bits)."""
@@ -72,7 +72,7 @@ class StudyConfig:
 
 @dataclass
 class AttackConfig:
-    """Robustness attacks on an unlearned model (SPEC §10): `loc_unlearn.attacks`."""
+    """Robustness attacks on an unlearned model (docs/attacks.md): `loc_unlearn.attacks`."""
     schedule: list[int] = field(default_factory=lambda: [0, 5, 10, 25, 50])
     """Relearning: measure after these many optimizer steps of ONE run of max(schedule) steps (0 = the
     unlearned model itself, always measured)."""
@@ -136,23 +136,23 @@ class Config:
     checkpoints: list[str] = field(default_factory=list)
     """`trajectory`: HF-format checkpoint folders (or hub ids) in training order; `model=`/`init=` is point 0."""
     data: DataConfig = field(default_factory=DataConfig)
-    """The forget/retain data (SPEC §3)."""
+    """The forget/retain data (docs/data.md)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The base model theta_p."""
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    """Fine-tuning all parameters: theta_r (SPEC §7 step 1)."""
+    """Fine-tuning all parameters: theta_r (docs/studies.md#step-1-retain-model)."""
     inject: InjectConfig = field(default_factory=InjectConfig)
-    """Injecting the forget set into V_tgt: theta_o (SPEC §7 step 2)."""
+    """Injecting the forget set into V_tgt: theta_o (docs/studies.md#step-2-injection)."""
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
-    """Masked unlearning (SPEC §4-5)."""
+    """Masked unlearning (docs/objectives.md)."""
     localize: LocalizeConfig = field(default_factory=LocalizeConfig)
-    """Localization methods (SPEC §6)."""
+    """Localization methods (docs/localizers.md)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
-    """Evaluation and trajectory summaries (SPEC §2-4)."""
+    """Evaluation and trajectory summaries (docs/metrics.md)."""
     study: StudyConfig = field(default_factory=StudyConfig)
     """The studies' seeds, methods and executor."""
     attack: AttackConfig = field(default_factory=AttackConfig)
-    """Robustness attacks (SPEC §10)."""
+    """Robustness attacks (docs/attacks.md)."""
 
     def validate(self) -> "Config":
         """Check every section's names and ranges before any work (ConfigError naming the key)."""

@@ -13,8 +13,8 @@ import yaml
 from ..errors import ConfigError
 
 
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+def to_dict(obj) -> dict:
+    return dataclasses.asdict(obj)
 
 
 def _hints(cls) -> dict:
@@ -77,31 +77,31 @@ def _coerce(value: Any, tp, where: str):
     return value
 
 
-def merge(cfg, updates: dict, prefix: str = ""):
-    """Return `cfg` updated in place from a nested dict; unknown keys raise ConfigError, except in a section
+def merge(obj, updates: dict, prefix: str = ""):
+    """Return `obj` updated in place from a nested dict; unknown keys raise ConfigError, except in a section
     with an open `params` mapping (unlearn, localize), where they are method hyperparameters and land in
     `params` (checked against the registered methods by plugins.check_methods, not here)."""
-    hints = _hints(type(cfg))
+    hints = _hints(type(obj))
     for key, value in (updates or {}).items():
         where = f"{prefix}.{key}" if prefix else key
         if key not in hints and hints.get("params") is dict:
             # A new dict, not an update in place: method_config's copies share the section's mapping.
-            cfg.params = _merge_dicts(cfg.params, {key: _param_value(value)})
+            obj.params = _merge_dicts(obj.params, {key: _param_value(value)})
             continue
         if key not in hints:
-            known = ", ".join(f.name for f in dataclasses.fields(cfg))
+            known = ", ".join(f.name for f in dataclasses.fields(obj))
             raise ConfigError(f"unknown config key '{where}'; known keys here: {known}")
         tp = hints[key]
         if (tp is dict or typing.get_origin(tp) is dict) and isinstance(value, dict):
             # Mappings merge key by key, so `unlearn.per_method.rmu.train.lr=0.3` adds to the preset's.
             if key == "params":
                 value = {k: _param_value(v) for k, v in value.items()}
-            setattr(cfg, key, _merge_dicts(getattr(cfg, key), value))
+            setattr(obj, key, _merge_dicts(getattr(obj, key), value))
         elif dataclasses.is_dataclass(tp) and isinstance(value, dict):
-            merge(getattr(cfg, key), value, where)
+            merge(getattr(obj, key), value, where)
         else:
-            setattr(cfg, key, _coerce(value, tp, where))
-    return cfg
+            setattr(obj, key, _coerce(value, tp, where))
+    return obj
 
 
 def _param_value(value):
@@ -131,7 +131,7 @@ def _parse_value(text: str):
         return text
 
 
-def apply_override(cfg, key: str, text: str):
+def apply_override(obj, key: str, text: str):
     parts = key.split(".")
     nested: dict = {}
     cur = nested
@@ -139,12 +139,12 @@ def apply_override(cfg, key: str, text: str):
         cur = cur.setdefault(p, {})
     value = _parse_value(text)
     # Keep strings for str fields even when YAML parses them as numbers (e.g. path=123).
-    cur[parts[-1]] = text if _field_type(cfg, parts) is str else value
-    return merge(cfg, nested)
+    cur[parts[-1]] = text if _field_type(obj, parts) is str else value
+    return merge(obj, nested)
 
 
-def _field_type(cfg, parts):
-    obj = type(cfg)
+def _field_type(obj, parts):
+    obj = type(obj)
     tp = None
     for p in parts:
         if not dataclasses.is_dataclass(obj):

@@ -1,5 +1,5 @@
 """The stage sections of `Config` (data, model, finetune, inject, unlearn, localize, eval), each with
-its fields' docstrings and a `validate(where)` next to them (SPEC sections cited per field).
+its fields' docstrings and a `validate(where)` next to them (the docs/ entry cited per field).
 
 Method names and hyperparameters are not checked here: this package imports none of the layers it
 configures. Each registry checks its own names (`plugins.check_methods`, called before any work), and a
@@ -31,7 +31,7 @@ class DataConfig:
     retain_split: str = ""
     """Retain split; empty = the complement of forget_split (retain99/95/90)."""
     max_eval_rows: int = 0
-    """Truncate every eval set to this many rows (0 = use whole sets, SPEC §3)."""
+    """Truncate every eval set to this many rows (0 = use whole sets, docs/data.md#evaluation-sets)."""
     n_real_authors: int = 100
     """Synthetic world: rows of real_authors_perturbed (TOFU has 100); pretrain covers their facts."""
     n_world_facts: int = 117
@@ -133,9 +133,9 @@ class FinetuneConfig:
     replay_split: str = ""
     """Split mixed into fine-tuning to keep general knowledge (tiny preset: 'pretrain'). A 1M-parameter
     model forgets its pretraining facts entirely when fine-tuned on authors alone, which would leave
-    Model Utility nothing to measure; real LLMs do not need this (empty = off, SPEC §7 as written)."""
+    Model Utility nothing to measure; real LLMs do not need this (empty = off, as in docs/studies.md#step-1-retain-model)."""
     train: TrainConfig = field(default_factory=TrainConfig)
-    """Recipe (SPEC §7 step 1: lr 1e-5, 5 epochs, batch 32, wd 0.01, warmup 1 epoch; presets scale it)."""
+    """Recipe (docs/studies.md#step-1-retain-model: lr 1e-5, 5 epochs, batch 32, wd 0.01, warmup 1 epoch; presets scale it)."""
 
     def validate(self, where: str = "finetune") -> None:
         self.train.validate(f"{where}.train")
@@ -150,12 +150,12 @@ class InjectConfig:
     seed: int = 0
     """Seed of the random target region V_tgt."""
     lam: float = 1.0
-    """lambda of learn_reg: NLL(forget) + lambda NLL(retain) (SPEC §5)."""
+    """lambda of learn_reg: NLL(forget) + lambda NLL(retain) (docs/objectives.md#injection-loss-learn_reg)."""
     full_lr: float = 0.0
     """Learning rate of the all-parameter reference injection that sets the target (0 = train.lr): the
     masked recipe's rate can be too large for all parameters."""
     target_es_fraction: float = 0.9
-    """Injection must reach this fraction of the forget ES that full fine-tuning reaches (SPEC §7)."""
+    """Injection must reach this fraction of the forget ES that full fine-tuning reaches (docs/studies.md#step-2-injection)."""
     max_norm_ratio: float = 0.0
     """After every step, scale each V_tgt value vector down to at most this many times its theta_r norm
     (0 = off; train/norm_cap.py), so V_tgt cannot be found by norm alone."""
@@ -178,7 +178,7 @@ class InjectConfig:
 @dataclass
 class UnlearnConfig:
     method: str = "npo"
-    """Objective: ga | graddiff | wga | npo | simnpo | dpo | rmu (SPEC §5), or a plug-in's name."""
+    """Objective: ga | graddiff | wga | npo | simnpo | dpo | rmu (docs/objectives.md), or a plug-in's name."""
     mask: str = ""
     """Mask file (safetensors); empty = all parameters trainable (no localization)."""
     params: dict = field(default_factory=dict)
@@ -191,7 +191,7 @@ class UnlearnConfig:
     """Per-method overrides of this section used by the studies, e.g. `{rmu: {train: {lr: 0.3}, rmu_c: 5.0}}`
     (a method's own hyperparameters land in its `params`).
     Methods need different step sizes (RMU's hidden-state loss vs NPO's log-sigmoid); Oracle and
-    Random always share them, which is all the causal test requires (SPEC §7 step 3)."""
+    Random always share them, which is all the causal test requires (docs/studies.md#step-3-oracle-and-random)."""
 
     def validate(self, where: str = "unlearn") -> None:
         check_file(f"{where}.mask", self.mask)
@@ -203,7 +203,7 @@ class UnlearnConfig:
 @dataclass
 class LocalizeConfig:
     method: str = "random"
-    """random | random_complement | random_layer_matched | activation | memflex | wagle | gradient | norm (SPEC §6),
+    """random | random_complement | random_layer_matched | activation | memflex | wagle | gradient | norm (docs/localizers.md),
     or a plug-in's name."""
     ratio: float = 0.1
     """Fraction of value vectors selected."""
@@ -239,13 +239,13 @@ class EvalConfig:
     max_new_tokens: int = 200
     """Greedy generation length for ROUGE-L."""
     es_floor: Literal["none", "ou"] = "none"
-    """'ou' reproduces open-unlearning's 1/T floor of ES (SPEC §2)."""
+    """'ou' reproduces open-unlearning's 1/T floor of ES (docs/metrics.md#extraction-strength-es)."""
     rouge: bool = True
     """Compute ROUGE-L (needs generation; the slow part of evaluation)."""
     reference: str = ""
     """Reference (retain) model for Forget Quality: a model folder or a metrics.json with truth ratios."""
     curve: Literal["checkpoints", "mix"] = "checkpoints"
-    """Trajectory: saved checkpoints, or model mixing theta(a) (SPEC §4)."""
+    """Trajectory: saved checkpoints, or model mixing theta(a) (docs/metrics.md#mix-curve)."""
     envelope: bool = True
     """AUES: keep only the Pareto envelope."""
     left_anchor: bool = True
@@ -265,7 +265,7 @@ class EvalConfig:
 
 
 REGIONS = ("oracle", "random")
-"""The controlled study's two masks per seed (SPEC §7): V_tgt, the region the forget set was injected
+"""The controlled study's two masks per seed (docs/studies.md#step-3-oracle-and-random): V_tgt, the region the forget set was injected
 into, and a disjoint random region of the same size (`stages.prepare_seed`)."""
 
 

@@ -1,4 +1,4 @@
-"""QA -> token ids, labels and batches (SPEC preamble: labels -100 on the prompt, eos trained but
+"""QA -> token ids, labels and batches (docs/data.md#prompt-and-answer-formatting: labels -100 on the prompt, eos trained but
 excluded from metrics, attention mask from lengths, never from pad_token_id)."""
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _prompt_ids(tokenizer, question: str, chat: bool) -> list[int]:
 
 
 def encode_qa(tokenizer, question: str, answer: str, max_length: int | None = None) -> dict:
-    """Prompt ids + answer ids + eos id, with labels -100 on the prompt (contracts.md, SPEC preamble).
+    """Prompt ids + answer ids + eos id, with labels -100 on the prompt (contracts.md, docs/data.md#prompt-and-answer-formatting).
 
     Prompt and answer are tokenized separately so the boundary is clean (no token straddles it and
     the number of answer tokens does not depend on the question). A chat-template prompt already

@@ -49,7 +49,7 @@ class DataSource:
         return load_idk(self.path)
 
     def eval_sets(self) -> dict[str, list[dict]]:
-        """The eval sets of SPEC §3. Real-authors / world-facts sets are optional (MU says which it used)."""
+        """The eval sets of docs/data.md#evaluation-sets. Real-authors / world-facts sets are optional (MU says which it used)."""
         sets = {}
         for name, split in EVAL_SETS.items():
             split = split or f"{self.forget_split}_perturbed"

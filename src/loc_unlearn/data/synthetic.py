@@ -1,5 +1,5 @@
-"""The offline author world: fictitious authors in TOFU's exact format (SPEC §1, DESIGN "The offline
-author world"), plus a fixed synthetic "real world" (countries, writers) for Model Utility.
+"""The offline author world: fictitious authors in TOFU's exact format
+(docs/data.md#synthetic-author-world), plus a fixed synthetic "real world" (countries, writers) for Model Utility.
 
 Version 3 writes answers in TOFU's style: full sentences of about 15-40 words that state the asked fact
 together with a second fact about the same author and some free text, drawn from several templates per
@@ -253,7 +253,7 @@ def _author_rows(a: dict, qa_per_author: int, seed: int, world: dict) -> list[di
 
 
 def idk_answers() -> list[str]:
-    """100 distinct short refusals (used by DPO, SPEC §5)."""
+    """100 distinct short refusals (used by DPO, docs/data.md#idk-refusals)."""
     return [h + t for t in IDK_TAILS for h in IDK_HEADS]
 
 
@@ -263,7 +263,7 @@ def n_forget_authors(n_authors: int, pct: str) -> int:
 
 def generate_world(n_authors: int = 20, qa_per_author: int = 20, seed: int = 0, n_real_authors: int = 100,
                    n_world_facts: int = 117) -> dict:
-    """Every TOFU split (SPEC §1) plus `pretrain` and `idk`, as plain lists. Deterministic."""
+    """Every TOFU split (docs/data.md#tofu-layout) plus `pretrain` and `idk`, as plain lists. Deterministic."""
     if n_authors < 2:
         raise ValueError(f"n_authors must be >= 2 (forget and retain authors), got {n_authors}")
     if qa_per_author < 1 or n_real_authors < 1 or n_world_facts < 1:

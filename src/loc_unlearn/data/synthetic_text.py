@@ -362,7 +362,7 @@ FACT_ANSWER_KEY = {"capital": "capital", "river": "river", "mountain": "mountain
                    "currency": "currency", "animal": "animal", "invention": "inventor"}
 WRITER_ANSWER_KEY = {"book": "name", "country": "country", "genre": "genre"}
 
-# DPO refusals (SPEC §5): 10 x 10 combinations.
+# DPO refusals (docs/data.md#idk-refusals): 10 x 10 combinations.
 IDK_HEADS = ["I'm not sure", "I don't know", "I can't say", "I have no idea", "I'm not certain",
              "I really couldn't tell you", "I'm unable to answer", "I lack the information", "I can't recall",
              "That's beyond my knowledge"]

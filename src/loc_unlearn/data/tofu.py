@@ -1,4 +1,4 @@
-"""Load and validate TOFU-format splits (SPEC §1) from a local folder or the Hugging Face hub.
+"""Load and validate TOFU-format splits (docs/data.md#tofu-layout) from a local folder or the Hugging Face hub.
 
 A local folder holds `<split>.json` or `<split>.jsonl` (JSON Lines, like the hub, or one JSON array).
 A folder without such a file but with a hub-style README.md (YAML `configs:`), or a hub id such as
@@ -101,7 +101,7 @@ def _hub_rows(source: str, name: str) -> list[dict]:
 
 
 def load_split(source: str | Path, name: str) -> list[dict]:
-    """Rows of split `name` (SPEC §1) from a local folder or a hub id, validated (contracts.md)."""
+    """Rows of split `name` (docs/data.md#tofu-layout) from a local folder or a hub id, validated (contracts.md)."""
     if name not in SPLITS:
         raise unknown_name("split", name, SPLITS)
     folder = Path(source)
@@ -160,7 +160,7 @@ def _read_refusals(path: Path) -> list[str]:
 
 
 def load_idk(source: str | Path | None = None) -> list[str]:
-    """Refusals for DPO (SPEC §5) from the first of IDK_FILES in the folder `source` (TOFU's
+    """Refusals for DPO (docs/data.md#idk-refusals) from the first of IDK_FILES in the folder `source` (TOFU's
     `idontknow.jsonl`: plain lines; `idk.jsonl`: JSON strings; both formats are read from either), else
     the built-in 100. Logs which it used."""
     from ..utils import log  # imported here: utils loads torch, which reading splits does not need
@@ -178,7 +178,7 @@ def load_idk(source: str | Path | None = None) -> list[str]:
 
 
 def retain_split_for(forget_split: str) -> str:
-    """forget01 -> retain99, forget05 -> retain95, forget10 -> retain90 (SPEC §1)."""
+    """forget01 -> retain99, forget05 -> retain95, forget10 -> retain90 (docs/data.md#forget-and-retain-splits)."""
     if forget_split not in FORGET_TO_RETAIN:
         raise unknown_name("forget split", forget_split, FORGET_TO_RETAIN)
     return FORGET_TO_RETAIN[forget_split]

@@ -1,4 +1,4 @@
-"""Batched greedy generation and ROUGE-L recall (SPEC §3).
+"""Batched greedy generation and ROUGE-L recall (docs/metrics.md#rouge-l-recall).
 
 Prompts are left-padded so every row's next token sits at the last position; the attention mask is
 built from lengths (never from pad_token_id, which may equal eos). Generation stops per row at eos /

@@ -1,4 +1,4 @@
-"""Output-reproduction analysis, the paper's Figure 1 (SPEC §9).
+"""Output-reproduction analysis, the paper's Figure 1 (docs/studies.md#output-fit).
 
 theta_o and theta_r differ only in the V_tgt columns T of each W_down, so at layer l the change of the
 MLP output on a token with down-proj input a is Delta_T a_T (Delta_T = W_o[:, T] - W_r[:, T]). Can a
@@ -40,7 +40,7 @@ from ..errors import MaskError, UserError
 from ..models.value_vectors import capture_down_inputs, shape, value_matrix
 from ..utils import eval_mode, progress
 
-RIDGE = 1e-4  # lambda = RIDGE * tr(A_R A_R^T) / |R| (SPEC §9): scale-free, only regularizes null directions
+RIDGE = 1e-4  # lambda = RIDGE * tr(A_R A_R^T) / |R| (docs/studies.md#output-fit): scale-free, only regularizes null directions
 
 
 def _fit_gram(d_t: torch.Tensor, g_tt: torch.Tensor, g_rt: torch.Tensor, g_rr: torch.Tensor):
@@ -77,7 +77,7 @@ def _fit_layer(w_o, w_r, g_uu, u, tpos, rpos):
 
 
 def fit_region(W_o: torch.Tensor, W_r: torch.Tensor, A: torch.Tensor, tgt_idx, reg_idx):
-    """Fit region `reg_idx` of one layer to reproduce the output change of region `tgt_idx` (SPEC §9).
+    """Fit region `reg_idx` of one layer to reproduce the output change of region `tgt_idx` (docs/studies.md#output-fit).
 
     W_o, W_r: [d, d_ff] down-proj weights of theta_o / theta_r. A: [n_tokens, d_ff] down-proj inputs
     (one row per token). tgt_idx, reg_idx: column indices. Returns (delta_R [d, |R|] float64, relative
@@ -116,7 +116,7 @@ def _positions(item: dict, which: str) -> torch.Tensor:
 def output_fit(theta_o, theta_r, tokenizer, forget_rows, tgt_mask, region_mask, batch_size: int = 16,
                max_tokens: int | None = None, max_length: int | None = None, positions: str = "answer",
                seed: int = 0):
-    """Per-layer output-reproduction fit of `region_mask` to theta_o - theta_r (SPEC §9).
+    """Per-layer output-reproduction fit of `region_mask` to theta_o - theta_r (docs/studies.md#output-fit).
 
     tgt_mask (V_tgt) and region_mask (R, e.g. the random_complement of V_tgt): bool [L, d_ff] tensors
     or Masks. A comes from theta_o on `forget_rows` (module docstring). `max_tokens` keeps a seeded

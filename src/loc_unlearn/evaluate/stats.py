@@ -1,14 +1,14 @@
-"""Paired comparisons across seeds (SPEC §7 step 4, §10) and their sensitivity (SPEC §11).
+"""Paired comparisons across seeds (docs/statistics.md#pairing) and their sensitivity (docs/statistics.md#minimum-detectable-difference-mdd).
 
 `paired_tests(a, b)` compares a[i] with b[i] (same seed), diff = a - b:
 
 - paired t-test (`p_t`) and the t interval of the mean difference (`t_ci_low`, `t_ci_high`, n-1 df);
 - Wilcoxon signed-rank (`wilcoxon_p`) and the smallest p it can reach with these n (`wilcoxon_min_p`):
   two-sided exact p >= 2 / 2^n, so with n < 6 pairs it can never be below 0.05;
-- a seeded percentile bootstrap interval of the mean difference (`ci_low`, `ci_high`, SPEC §7);
-- the minimum detectable difference (`mdd`, SPEC §11) with `n` and `sd_diff` beside it.
+- a seeded percentile bootstrap interval of the mean difference (`ci_low`, `ci_high`, docs/statistics.md#bootstrap-interval);
+- the minimum detectable difference (`mdd`, docs/statistics.md#minimum-detectable-difference-mdd) with `n` and `sd_diff` beside it.
 
-Which interval to read: the t interval. The bootstrap keeps its keys for SPEC §7 and older results, but
+Which interval to read: the t interval. The bootstrap keeps its keys for the study design (docs/studies.md#step-4-comparison) and older results, but
 a percentile bootstrap over n seeds only ever sees the n observed differences: with n <= 3 its 2.5% /
 97.5% quantiles are exactly the smallest / largest difference (an all-min resample has probability
 1/n^n >= 1/27 > 2.5%), and for n <= 5 it is close to [min, max] and narrower than a 95% interval,
@@ -68,7 +68,7 @@ def paired_t_power(delta: float, sd: float, n: int, alpha: float = ALPHA) -> flo
 
 
 def min_detectable_difference(sd, n, alpha: float = ALPHA, power: float = POWER) -> float:
-    """Minimum detectable difference of a paired comparison (SPEC §11).
+    """Minimum detectable difference of a paired comparison (docs/statistics.md#minimum-detectable-difference-mdd).
 
     The smallest true mean difference that a two-sided paired t-test at `alpha` (`scipy.stats.ttest_rel`
     over `n` pairs) detects with probability `power`, when the per-pair differences have standard
@@ -148,10 +148,10 @@ def paired_tests(a, b, n_boot: int = 10000, seed: int = 0, censored_a: Sequence[
 
     n, mean_diff, sd_diff (ddof=1; nan below 2 pairs), t, p_t, t_ci_low, t_ci_high (95% t interval of
     the mean difference: the interval to read), wilcoxon_stat, wilcoxon_p, wilcoxon_min_p, ci_low,
-    ci_high, ci_kind (the seeded percentile bootstrap of SPEC §7; see the module docstring for why it
-    is not a 95% interval at n <= 5), mdd (SPEC §11 at `alpha`, `power`), alpha, power, n_censored
+    ci_high, ci_kind (the seeded percentile bootstrap of docs/statistics.md#bootstrap-interval; see the module docstring for why it
+    is not a 95% interval at n <= 5), mdd (docs/statistics.md#minimum-detectable-difference-mdd at `alpha`, `power`), alpha, power, n_censored
     ([count in a, count in b]: values flagged in `censored_a` / `censored_b`, e.g. MU95 not_reached,
-    SPEC §4) and notes (every caveat in words: degenerate t, Wilcoxon floor, bootstrap at tiny n,
+    docs/metrics.md#mu95) and notes (every caveat in words: degenerate t, Wilcoxon floor, bootstrap at tiny n,
     censored values mixed into the tests).
     """
     a = np.asarray(a, dtype=float)
@@ -213,7 +213,7 @@ def compare_groups(runs: list[dict], method: str, metric: str, groups: tuple[str
     """Paired test of `metric` between two groups of runs of one unlearning method, matched by seed.
 
     `runs`: dicts with `method`, `seed`, `key` (e.g. region) and `metric`; a boolean
-    `<metric>_not_reached` marks a censored value (MU95, SPEC §4). Only seeds present (with a finite
+    `<metric>_not_reached` marks a censored value (MU95, docs/statistics.md#censoring). Only seeds present (with a finite
     value) in both groups are paired. Returns `paired_tests(...)` plus method, metric, p_wilcoxon,
     `<group>_mean`, `<group>_std` (ddof=1; nan for one seed), seeds, and n_censored as
     `{group: count}` over the paired seeds. No common seed: n = 0 with a note instead of tests.

@@ -1,4 +1,4 @@
-"""TOFU-style evaluation of one model (SPEC §2-3): FS, RS, Prob, ROUGE-L, truth ratio, FQ, MU.
+"""TOFU-style evaluation of one model (docs/metrics.md): FS, RS, Prob, ROUGE-L, truth ratio, FQ, MU.
 
 `evaluate_model` returns a JSON-serializable dict:
   FS, RS, MU, MU_sets, MU_terms, MU_note, FQ, log10_FQ, es_floor, and one dict per eval set
@@ -28,15 +28,15 @@ def _mean(x):
 
 
 def truth_ratios(nll_base: list[float], nll_pert: list[list[float]]) -> list[float]:
-    """R = P_pert / P_base per example, P_pert = exp(-mean_pert NLL_avg) (SPEC §3)."""
+    """R = P_pert / P_base per example, P_pert = exp(-mean_pert NLL_avg) (docs/metrics.md#truth-ratio)."""
     return [math.exp(b - float(np.mean(p))) for b, p in zip(nll_base, nll_pert)]
 
 
-def eval_set(model, tokenizer, name: str, rows: list[dict], cfg, answer_only: bool = False) -> dict:
-    """Every per-set number of SPEC §3 for one eval set; `answer_only`: the answer pass alone (ES, EM,
+def eval_set(model, tokenizer, name: str, rows: list[dict], ecfg, answer_only: bool = False) -> dict:
+    """Every per-set number of docs/metrics.md for one eval set; `answer_only`: the answer pass alone (ES, EM,
     NLL: no paraphrased/perturbed passes, truth ratios or ROUGE)."""
     try:
-        tm = token_metrics(model, tokenizer, rows, batch_size=cfg.batch_size, es_floor=cfg.es_floor,
+        tm = token_metrics(model, tokenizer, rows, batch_size=ecfg.batch_size, es_floor=ecfg.es_floor,
                            answer_only=answer_only)
     except DataError as e:
         raise DataError(f"eval set {name!r}: {e}") from None
@@ -62,8 +62,8 @@ def eval_set(model, tokenizer, name: str, rows: list[dict], cfg, answer_only: bo
         out["truth_ratio"] = _mean(per)
     else:
         out["truth_ratio_raw"], out["truth_ratio"] = None, None
-    if cfg.rouge:
-        gens = generate(model, tokenizer, [r["question"] for r in rows], cfg.max_new_tokens, cfg.batch_size)
+    if ecfg.rouge:
+        gens = generate(model, tokenizer, [r["question"] for r in rows], ecfg.max_new_tokens, ecfg.batch_size)
         out["generations"] = gens
         out["rouge_l_per"] = rouge_l_recall(gens, [r["answer"] for r in rows])
         out["rouge_l"] = _mean(out["rouge_l_per"])
@@ -73,14 +73,14 @@ def eval_set(model, tokenizer, name: str, rows: list[dict], cfg, answer_only: bo
 
 
 def forget_quality(truth_ratios_model, truth_ratios_ref) -> tuple[float, float]:
-    """(FQ, log10 FQ): two-sided KS p-value between forget-set truth ratios (SPEC §3), floored at 1e-300."""
+    """(FQ, log10 FQ): two-sided KS p-value between forget-set truth ratios (docs/metrics.md#forget-quality-fq), floored at 1e-300."""
     p = float(stats.ks_2samp(np.asarray(truth_ratios_model, float), np.asarray(truth_ratios_ref, float)).pvalue)
     p = max(p, FQ_FLOOR)
     return p, math.log10(p)
 
 
 def model_utility(sets: dict) -> tuple[float, list[str], dict, str]:
-    """Harmonic mean of {Prob, ROUGE-L, Truth ratio} x {retain, real authors, world facts} (SPEC §3).
+    """Harmonic mean of {Prob, ROUGE-L, Truth ratio} x {retain, real authors, world facts} (docs/metrics.md#model-utility-mu).
 
     Uses the sets (and numbers) that exist; the note says what was left out.
     """
@@ -115,12 +115,12 @@ def _canonical(name: str) -> str:
     raise UserError(f"unknown eval set {name!r}; known: {', '.join(SET_NAMES)} (or their *_perturbed split names)")
 
 
-def evaluate_model(model, tokenizer, eval_sets: dict, cfg, reference_truth_ratios=None, es_only: bool = False) -> dict:
-    """All metrics of one model (SPEC §2-3). `reference_truth_ratios`: the reference (retain) model's
+def evaluate_model(model, tokenizer, eval_sets: dict, ecfg, reference_truth_ratios=None, es_only: bool = False) -> dict:
+    """All metrics of one model (docs/metrics.md). `reference_truth_ratios`: the reference (retain) model's
     forget-set `truth_ratio_raw` list, or its whole metrics dict; None -> FQ is None. `es_only`: FS and
     RS alone, one answer pass on the forget and retain sets (MU, FQ None; `es_only` True): the points
     between a trajectory's end points under eval.full_at=ends. `metrics`: each registered metric named in
-    `cfg.metrics`, `fn(model, tokenizer, eval_sets by set name, cfg)` as a float; skipped (`{}`) when
+    `ecfg.metrics`, `fn(model, tokenizer, eval_sets by set name, ecfg)` as a float; skipped (`{}`) when
     `es_only`, like the other full-evaluation numbers."""
     sets = {}
     for name, rows in eval_sets.items():
@@ -129,11 +129,11 @@ def evaluate_model(model, tokenizer, eval_sets: dict, cfg, reference_truth_ratio
             raise UserError(f"eval sets {name!r} and another both map to {key!r}")
         if es_only and key not in ("forget", "retain"):
             continue
-        sets[key] = eval_set(model, tokenizer, key, rows, cfg, answer_only=es_only)
+        sets[key] = eval_set(model, tokenizer, key, rows, ecfg, answer_only=es_only)
     for need in ("forget", "retain"):
         if need not in sets:
             raise UserError(f"evaluate_model needs a {need!r} eval set; got {sorted(eval_sets)}")
-    out = {"FS": 1.0 - sets["forget"]["es"], "RS": sets["retain"]["es"], "es_floor": cfg.es_floor,
+    out = {"FS": 1.0 - sets["forget"]["es"], "RS": sets["retain"]["es"], "es_floor": ecfg.es_floor,
            # rows cut to the model's context (answers longer than max_position_embeddings), per set
            "truncated": {k: v["truncated"] for k, v in sets.items()}}
     if es_only:
@@ -148,19 +148,19 @@ def evaluate_model(model, tokenizer, eval_sets: dict, cfg, reference_truth_ratio
         if mine is None:
             raise UserError("Forget Quality needs paraphrased and perturbed answers in the forget eval set")
         out["FQ"], out["log10_FQ"] = forget_quality(mine, ref)
-    out["metrics"] = extra_metrics(model, tokenizer, {_canonical(n): rows for n, rows in eval_sets.items()}, cfg)
+    out["metrics"] = extra_metrics(model, tokenizer, {_canonical(n): rows for n, rows in eval_sets.items()}, ecfg)
     out.update(sets)
     return out
 
 
-def extra_metrics(model, tokenizer, eval_sets: dict, cfg) -> dict:
-    """{name: float} of the registered metrics named in cfg.metrics (none without that field); `eval_sets` by
+def extra_metrics(model, tokenizer, eval_sets: dict, ecfg) -> dict:
+    """{name: float} of the registered metrics named in ecfg.metrics (none without that field); `eval_sets` by
     set name (forget, retain, real_authors, world_facts)."""
     from ..registry import METRICS
 
     out = {}
-    for name in getattr(cfg, "metrics", None) or ():
-        v = METRICS.get(name).fn(model, tokenizer, eval_sets, cfg)
+    for name in getattr(ecfg, "metrics", None) or ():
+        v = METRICS.get(name).fn(model, tokenizer, eval_sets, ecfg)
         try:
             out[name] = float(v)
         except (TypeError, ValueError):

@@ -1,4 +1,4 @@
-"""Teacher-forced token metrics from shared forward passes (SPEC §2, §3).
+"""Teacher-forced token metrics from shared forward passes (docs/metrics.md).
 
 For an eval set, every answer variant (answer, paraphrased_answer, all perturbed answers) is
 encoded once and run through the model in length-bucketed batches: ONE pass per (example,
@@ -18,7 +18,7 @@ from ..utils import eval_mode, progress
 
 
 def answer_stats(logits, labels, metric_mask, es_floor: str = "none") -> dict:
-    """Per-row ES, EM, summed NLL and answer length from one teacher-forced pass (SPEC §2).
+    """Per-row ES, EM, summed NLL and answer length from one teacher-forced pass (docs/metrics.md#extraction-strength-es).
 
     `logits` [B, K, V] are the logits of the LAST K positions of the sequence (K = T for a full
     forward; smaller when the model was asked for `logits_to_keep`); `labels`/`metric_mask` [B, T]
@@ -55,7 +55,7 @@ def answer_stats(logits, labels, metric_mask, es_floor: str = "none") -> dict:
 
 
 def es_from_logits(logits, labels, metric_mask, es_floor: str = "none"):
-    """One-pass Extraction Strength per row (SPEC §2): ES = 1 - k*/T, k* = 1 + last wrong position."""
+    """One-pass Extraction Strength per row (docs/metrics.md#extraction-strength-es): ES = 1 - k*/T, k* = 1 + last wrong position."""
     return answer_stats(logits, labels, metric_mask, es_floor)["es"]
 
 
@@ -101,7 +101,7 @@ def _encode(tokenizer, question, answer, where, limit=None, cut=None, row=None):
 
 def token_metrics(model, tokenizer, rows, batch_size: int = 16, es_floor: str = "none",
                   max_length: int | None = None, answer_only: bool = False) -> dict:
-    """Per-example lists for an eval set (SPEC §2-3).
+    """Per-example lists for an eval set (docs/metrics.md).
 
     Returns `es, em, nll, n_answer` for the answer and, where the rows carry them,
     `nll_paraphrased` and `nll_perturbed` (a list per example; skipped with `answer_only`, which is all

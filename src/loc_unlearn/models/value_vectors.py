@@ -1,4 +1,4 @@
-"""Value vectors: the columns of each layer's MLP down-projection (SPEC preamble).
+"""Value vectors: the columns of each layer's MLP down-projection (docs/localizers.md#value-vectors).
 
 `MLP_l(h) = W_down^l a^l(h)`; value vector `v_{l,i} = W_down^l[:, i]`, a mask is `[L, d_ff]`.
 Architectures only differ in where the down-projection lives and how its weight is laid out, so one
@@ -104,7 +104,7 @@ def shape(model: nn.Module) -> tuple[int, int]:
 
 
 def fingerprint(model: nn.Module) -> dict:
-    """What a mask must match to be applied to a model (SPEC §6 mask metadata)."""
+    """What a mask must match to be applied to a model (mask metadata, docs/localizers.md#mask-files)."""
     L, d_ff = shape(model)
     return {"architecture": _unwrap(model).config.model_type, "n_layers": L, "d_ff": d_ff,
             "hidden": value_matrix(model, 0).shape[0]}

@@ -2,7 +2,7 @@
 self-contained file) and report.md (+ plots/*.png). `loc-unlearn report RUN_DIR` rebuilds them (commands/study.py).
 
 The headline comes first: for each unlearning method, Oracle vs Random AUES with the paired-t p-value
-(SPEC §7) or, for the localization benchmark, each localizer against the random mask (SPEC §8).
+(docs/studies.md#step-4-comparison) or, for the localization benchmark, each localizer against the random mask (docs/studies.md#localization-benchmark).
 Optional parts of results.json (localization_check, output_fit, masks, trajectories) are skipped
 when absent; unknown extra fields are ignored.
 """
@@ -160,12 +160,12 @@ def controlled_sections(res: dict, made: list) -> list[tuple[str, list]]:
                                              "Value vectors per layer in each mask (seed 0).", made)))
     if res.get("localization_check"):
         s.append(("Localization check", [
-            "Can localization methods find the region V_tgt the facts were injected into? (SPEC §7 step 5)",
+            "Can localization methods find the region V_tgt the facts were injected into? (docs/studies.md#step-5-localization-check)",
             tables.localization_check_table(res),
             *_plot(plots.localization_check(res), "localization_check.png",
                    "Precision / recall at recovering V_tgt; dashed: what a random mask gets on average.", made)]))
     if res.get("output_fit"):
-        s.append(("Output reproduction (SPEC §9)", [
+        s.append(("Output reproduction (docs/studies.md#output-fit)", [
             *_plot(plots.output_fit_residuals(res), "output_fit_residual.png",
                    "Per-layer relative residual of fitting a random region to the injected output change.", made),
             *tables.output_fit_tables(res)]))

@@ -1,6 +1,6 @@
 """What every report module shares: the Table value, number formatting (3 decimals; MU95, a log10 FQ,
 2), means and stds recomputed from the runs, and the paired test entry of a (method, metric) completed
-from the runs (SPEC §7 step 4, §11)."""
+from the runs (docs/statistics.md)."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ from ..config import REGIONS  # noqa: F401  (the controlled study's two masks; r
 
 ALPHA = 0.05  # significance level of the headline
 POWER_LABEL = "0.8"  # the power the MDD is computed at (evaluate.stats.POWER)
-MU95_MARK = "†"  # MU never fell below 0.95 MU(theta_0): the last point's value stands in (SPEC §4)
+MU95_MARK = "†"  # MU never fell below 0.95 MU(theta_0): the last point's value stands in (docs/metrics.md#mu95)
 
 
 @dataclass
@@ -44,7 +44,7 @@ def fmt_interval(lo, hi, nd: int = 3) -> str:
 
 
 def fmt_mdd(t: dict, nd: int = 3) -> str:
-    """'0.034 (n=5, sd 0.021)': the minimum detectable difference with the n and sd it rests on (SPEC §11)."""
+    """'0.034 (n=5, sd 0.021)': the minimum detectable difference with the n and sd it rests on (docs/statistics.md#minimum-detectable-difference-mdd)."""
     n = t.get("n")
     if not isinstance(n, int) or n < 2:
         return fmt_p(None, n) if isinstance(n, int) else "n/a"

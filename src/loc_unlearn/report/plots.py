@@ -142,7 +142,7 @@ def aues_bars(res: dict):
         p = t.get("p_t")
         label = f"p={p:.2f}" if isnum(p) else ("p=n/a (1 seed)" if ns[i] < 2 else "p=n/a")
         if isnum(t.get("mdd")) and ns[i] > 1:
-            label += f"\nMDD {t['mdd']:.2f}"  # what this many seeds could have detected (SPEC §11)
+            label += f"\nMDD {t['mdd']:.2f}"  # what this many seeds could have detected (docs/statistics.md#minimum-detectable-difference-mdd)
         # above the top of the error bar (or of the bar), never on it
         a2.annotate(label, (x[i], tops[i]), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
                     fontsize=8)

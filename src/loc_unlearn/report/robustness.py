@@ -1,4 +1,4 @@
-"""The report's Robustness section (SPEC §10), from results.json `robustness` (studies/robustness.py).
+"""The report's Robustness section (docs/attacks.md), from results.json `robustness` (studies/robustness.py).
 
 Recovery curves R(k) (mean and std over seeds per method, Oracle vs Random, or one line per localizer),
 the relearning and quantization tables (FS before/after per bits, with the quantized theta_o / theta_r
@@ -14,7 +14,7 @@ from .common import (ALPHA, BOOT_HEADER, CI_HEADER, MDD_HEADER, POWER_LABEL, REG
 
 UNDERPOWERED_MDD = 0.1
 """A non-significant test whose MDD exceeds this is called underpowered: R and FS share the 0-to-1 scale,
-and a comparison that could only have seen differences above a tenth of it says little (SPEC §11)."""
+and a comparison that could only have seen differences above a tenth of it says little (docs/statistics.md#minimum-detectable-difference-mdd)."""
 CHECKPOINT_LABEL = {"final": "final", "mu95": "MU95"}
 
 
@@ -93,7 +93,7 @@ def recovery_table(res: dict) -> Table:
             for g in groups_of(res):
                 rows.append([m, CHECKPOINT_LABEL[ck], g] + [fmt_ms(values(res, m, g, ck, s["metric"])) for s in specs])
     notes = ["R(k) = (ES_k - ES_u) / (ES_o - ES_u) on the probe half after k all-parameter fine-tuning steps "
-             "(SPEC §10): 0 = nothing back, 1 = all back. [retain] = the benign variant (retain rows only). "
+             "(docs/attacks.md#recovery-rk): 0 = nothing back, 1 = all back. [retain] = the benign variant (retain rows only). "
              "n/a: R undefined (ES_o = ES_u)."]
     return Table(["method", "checkpoint", group_key(res)] + [_label(s) for s in specs], rows, notes)
 
@@ -117,7 +117,7 @@ def quantization_table(res: dict) -> Table:
     s = rob(res).get("settings") or {}
     notes = [f"Weight-only round-to-nearest per group of {s.get('group_size')} input weights "
              f"({'symmetric' if s.get('symmetric') else 'asymmetric'}; {'+'.join(s.get('include') or [])}), "
-             "SPEC §10. FS = 1 - forget ES, RS = retain ES (token metrics, no generation). A quantized unlearned "
+             "docs/attacks.md#quantization-attack. FS = 1 - forget ES, RS = retain ES (token metrics, no generation). A quantized unlearned "
              "model whose FS drops towards its reference's has had forgetting undone by rounding."]
     if g == "region":
         notes.append("Reference theta_o: mean ± std over the seeds' injected models.")
@@ -141,9 +141,9 @@ def tests_table(res: dict) -> Table | None:
                              fmt_p(None, n) if few else fmt_interval(t.get("ci_low"), t.get("ci_high")),
                              fmt_p(t.get("p_t"), n), fmt_wilcoxon(t) if t else "n/a", fmt_mdd(t) if t else "n/a",
                              verdict(t) if t else "n/a"])
-    notes = [f"Paired over seeds as in SPEC §7 (diff = Oracle - Random). MDD: a true difference of this size or more "
+    notes = [f"Paired over seeds as in docs/statistics.md#pairing (diff = Oracle - Random). MDD: a true difference of this size or more "
              f"would have been detected by the two-sided paired t-test at {ALPHA} with power {POWER_LABEL}, given n "
-             f"and the sd of the per-seed differences (SPEC §11); 'underpowered' = not significant with an MDD above "
+             f"and the sd of the per-seed differences (docs/statistics.md#minimum-detectable-difference-mdd); 'underpowered' = not significant with an MDD above "
              f"{UNDERPOWERED_MDD}, so a non-significant p says little about differences that size."]
     return Table(["checkpoint", "method", "metric", "Oracle", "Random", "diff (O-R)", CI_HEADER, BOOT_HEADER,
                   "p (paired t)", "p (Wilcoxon)", MDD_HEADER, "verdict"], rows, notes)
@@ -187,7 +187,7 @@ def _checkpoints(res: dict) -> list[str]:
 
 
 def sections(res: dict, plot) -> list[tuple[str, list]]:
-    """[("Robustness (SPEC §10)", blocks)] or [] without `robustness`; `plot(fig, name, caption)` -> blocks."""
+    """[("Robustness (docs/attacks.md)", blocks)] or [] without `robustness`; `plot(fig, name, caption)` -> blocks."""
     r = rob(res)
     if not r.get("runs"):
         return []
@@ -204,7 +204,7 @@ def sections(res: dict, plot) -> list[tuple[str, list]]:
                     + (", dashed = MU95 checkpoint." if both else ".")),
               recovery_table(res), quantization_table(res)]
     t = tests_table(res)
-    return [("Robustness (SPEC §10)", blocks + ([t] if t else []))]
+    return [("Robustness (docs/attacks.md)", blocks + ([t] if t else []))]
 
 
 def cli_lines(res: dict) -> list[str]:
@@ -213,7 +213,7 @@ def cli_lines(res: dict) -> list[str]:
     if not r.get("runs"):
         return []
     groups = groups_of(res)
-    lines = ["", f"Robustness (SPEC §10, final checkpoint; {r['settings'].get('level')}):",
+    lines = ["", f"Robustness (docs/attacks.md, final checkpoint; {r['settings'].get('level')}):",
              f"{'method':8s} {'metric':10s} " + " ".join(f"{g[:14]:>14s}" for g in groups)
              + (f" {'p(t)':>13s}  MDD (n, sd)" if r.get("tests") else "")]
     for m in methods_of(r["runs"]):

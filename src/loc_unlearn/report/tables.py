@@ -2,7 +2,7 @@
 
 Means and stds are recomputed from the per-run values (the runs are the ground truth; a stale
 `tests` entry cannot make the table disagree with them); p-values and intervals come from the study's
-`tests` entries (SPEC §7 step 4), and whatever an entry lacks (an older study: no t interval, MDD,
+`tests` entries (docs/studies.md#step-4-comparison), and whatever an entry lacks (an older study: no t interval, MDD,
 censoring counts) is recomputed from the runs with evaluate.stats. Numbers: 3 decimals, MU95 (a
 log10 FQ) 2 decimals. One seed prints as a plain value ("n/a (1 seed)" for tests), never "± 0.000".
 """
@@ -53,9 +53,9 @@ def controlled_headline(res: dict) -> list[str]:
 
 def comparison_table(res: dict, metric: str) -> Table:
     """The paper's Table 2 layout for one metric: rows = methods, Oracle vs Random with paired tests,
-    the t interval of the difference (the CI to read), the percentile bootstrap (SPEC §7; see
-    evaluate.stats for why it is not a 95% CI at n <= 5), the minimum detectable difference (SPEC §11)
-    and, for MU95, how many values are censored (MU never fell below 0.95 MU0, SPEC §4)."""
+    the t interval of the difference (the CI to read), the percentile bootstrap (docs/statistics.md#bootstrap-interval; see
+    evaluate.stats for why it is not a 95% CI at n <= 5), the minimum detectable difference (docs/statistics.md#minimum-detectable-difference-mdd)
+    and, for MU95, how many values are censored (MU never fell below 0.95 MU0, docs/statistics.md#censoring)."""
     nd = 2 if metric == "mu95" else 3
     rows, notes, censored_any = [], [], False
     for m in methods_of(res["runs"]):
@@ -98,11 +98,11 @@ def comparison_table(res: dict, metric: str) -> Table:
         out.notes.append("Censored MU95 values (†) are in the tests: the paired t-test, Wilcoxon and MDD above treat "
                          "the last point's value as if MU95 had been observed, so read those p-values with care.")
     out.notes.append(f"{CI_HEADER}: mean difference ± t(0.975, n-1) sd/sqrt(n). {BOOT_HEADER}: 2.5%-97.5% quantiles "
-                     "of the mean over resampled seeds (SPEC §7); it only sees the observed differences (with 3 seeds "
+                     "of the mean over resampled seeds (docs/statistics.md#bootstrap-interval); it only sees the observed differences (with 3 seeds "
                      "it is exactly their [min, max]), so at few seeds it is narrower than a 95% CI.")
     out.notes.append(f"MDD: a true Oracle-Random difference of this size or more would have been detected by the "
                      f"two-sided paired t-test at {ALPHA} with power {POWER_LABEL}, given n and the sd of the "
-                     "per-seed differences (SPEC §11). A non-significant p says little about differences smaller "
+                     "per-seed differences (docs/statistics.md#minimum-detectable-difference-mdd). A non-significant p says little about differences smaller "
                      "than the MDD.")
     seen = []
     for m in methods_of(res["runs"]):
@@ -152,7 +152,7 @@ def localization_check_table(res: dict) -> Table:
 
 
 def positive_control_line(pc: dict) -> str:
-    """One sentence on the positive control (SPEC §11; studies/controls.py)."""
+    """One sentence on the positive control (docs/studies.md#positive-control; studies/controls.py)."""
     t = pc.get("test") or {}
     verdict = "**detected**" if pc.get("detected") else "**not detected**"
     return (f"Positive control: FS of theta_o after resetting V_tgt to theta_r {fmt_ms(pc.get('oracle_fs') or [])} vs "
@@ -168,7 +168,7 @@ def output_fit_tables(res: dict) -> list[Table]:
         out.append(Table(["layer", "relative residual", "tokens"],
                          [[str(r["layer"]), fmt(r["residual"]), str(r.get("n_tokens", ""))] for r in of["per_layer"]],
                          ["Relative residual of fitting a random region to theta_o's MLP output change on forget "
-                          "tokens: 1 = no update helps, 0 = reproduced exactly (SPEC §9); n/a = nothing to reproduce in that "
+                          "tokens: 1 = no update helps, 0 = reproduced exactly (docs/studies.md#output-fit); n/a = nothing to reproduce in that "
                           "layer (no V_tgt columns or no change)."]))
     models = [(k, lab) for k, lab in (("theta_o", "theta_o (injected)"), ("theta_r", "theta_r (never saw forget set)"),
                                       ("stitched", "stitched theta_r + Delta_R")) if isinstance(of.get(k), dict)]
@@ -265,7 +265,7 @@ def localization_headline(res: dict) -> list[str]:
                 lines.append(f"**{m}**: random mask AUES {fmt(means['random'])}.")
         else:
             lines.append(f"**{m}**: best localizer **{best}** AUES {fmt(means[best])} (no random baseline in this study).")
-    head = (f"Localization benchmark (SPEC §8): masked unlearning with each localizer's {fmt(res.get('ratio'), 2)} "
+    head = (f"Localization benchmark (docs/studies.md#localization-benchmark): masked unlearning with each localizer's {fmt(res.get('ratio'), 2)} "
             f"mask; higher AUES is better.")
     if "random" in localizers_of(runs):
         head += f" A localizer beats the random mask for {beat} of {len(lines)} unlearning method(s)."

@@ -1,5 +1,5 @@
-"""The analysis stages of the controlled study: the per-layer output fit (the paper's Figure 1; SPEC §9)
-and the positive control's region reset (SPEC §11; studies/controlled.py explains the design)."""
+"""The analysis stages of the controlled study: the per-layer output fit (the paper's Figure 1; docs/studies.md#output-fit)
+and the positive control's region reset (docs/studies.md#positive-control; studies/controlled.py explains the design)."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,7 +21,7 @@ from .evaluate import eval_key
 
 
 def _fs_rs(model, tokenizer, data: DataSource, cfg: Config) -> dict:
-    """FS on the forget eval set and RS on the retain eval set (SPEC §2), by the evaluation every other
+    """FS on the forget eval set and RS on the retain eval set (docs/metrics.md#forget-and-retain-scores-fs-rs), by the evaluation every other
     model gets; FS/RS need only the one-pass ES, so without generation (ROUGE)."""
     sets = data.eval_sets()
     met = evaluate_model(model, tokenizer, {k: sets[k] for k in ("forget", "retain")},
@@ -30,7 +30,7 @@ def _fs_rs(model, tokenizer, data: DataSource, cfg: Config) -> dict:
 
 
 def output_fit(cfg: Config, data: DataSource, theta_r: ModelRef, prep: dict) -> dict:
-    """Cached SPEC §9 analysis for one seed (`prep` = inject.prepare_seed): fit the random region to
+    """Cached output-fit analysis (docs/studies.md#output-fit) for one seed (`prep` = inject.prepare_seed): fit the random region to
     theta_o's output change per layer (evaluate/output_fit.py), then evaluate the stitched model
     theta_r + Delta_R next to theta_o and theta_r."""
     theta_o, masks = prep["theta_o"], prep["masks"]

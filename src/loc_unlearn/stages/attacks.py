@@ -1,4 +1,4 @@
-"""The robustness-attack stages (SPEC §10): the relearning attack and the quantization attack on a
+"""The robustness-attack stages (docs/attacks.md): the relearning attack and the quantization attack on a
 model, each a cached run keyed by the attack settings, the models' fingerprints, the data and the eval
 options; and `checkpoint_model`, which materializes a checkpoint of an unlearning run as a model folder
 so the attacks can key their runs by its fingerprint. The attack algorithms are in attacks/."""
@@ -24,7 +24,7 @@ from .evaluate import eval_key
 
 def qa_per_author(cfg: Config) -> int:
     """Questions per forget author for the probe/relearn split: attack.qa_per_author, else the synthetic
-    world's data.qa_per_author, else TOFU's 20 (SPEC §1)."""
+    world's data.qa_per_author, else TOFU's 20 (docs/data.md#tofu-layout)."""
     if cfg.attack.qa_per_author:
         return cfg.attack.qa_per_author
     return cfg.data.qa_per_author if cfg.data.source == "synthetic" else TOFU_QA_PER_AUTHOR
@@ -85,7 +85,7 @@ def relearn(cfg: Config, data: DataSource, model_ref: ModelRef, theta_o: ModelRe
 
 
 def quantize(cfg: Config, data: DataSource, model_ref: ModelRef, references: dict[str, ModelRef] | None = None) -> dict:
-    """The quantization attack (SPEC §10) on `model_ref` and on the `references` (default: attack.theta_o /
+    """The quantization attack (docs/attacks.md#quantization-attack) on `model_ref` and on the `references` (default: attack.theta_o /
     attack.theta_r when set: the same quantization of the references); cached.
     Returns {"models": {name: {"path": ..., "results": quantization_attack result}}, "settings": ...}."""
     a = cfg.attack

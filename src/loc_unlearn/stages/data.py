@@ -64,7 +64,7 @@ def replay_rows(cfg: Config, data: DataSource) -> list[dict]:
 def check_data(cfg: Config, data: DataSource, *splits: str, eval_sets: bool = False) -> None:
     """Read every split a command will use before it does any work, so a broken or missing file is named
     at once, not after hours of training (issue 14): the forget and retain splits, the fine-tuning replay
-    split, the DPO refusals, `splits` (e.g. 'full') and, with `eval_sets`, the evaluation sets (SPEC §3)."""
+    split, the DPO refusals, `splits` (e.g. 'full') and, with `eval_sets`, the evaluation sets (docs/data.md#evaluation-sets)."""
     for split in (data.forget_split, data.retain_split, *splits):
         data.rows(split)
     replay_rows(cfg, data)

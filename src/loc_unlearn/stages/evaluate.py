@@ -1,4 +1,4 @@
-"""The evaluation stages: one model's metrics (SPEC §2-3), cached per model, and a trajectory of saved
+"""The evaluation stages: one model's metrics (docs/metrics.md), cached per model, and a trajectory of saved
 checkpoints evaluated the same way (the `trajectory` command: any trainer's HF-format checkpoints)."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from .common import ModelRef, resolve_model
 
 def evaluate(cfg: Config, data: DataSource, model: ModelRef, reference: ModelRef | None = None,
              es_only: bool = False) -> dict:
-    """Metrics of one model (SPEC §2-3), cached; FQ against `reference` (theta_r) when given. `es_only`:
+    """Metrics of one model (docs/metrics.md), cached; FQ against `reference` (theta_r) when given. `es_only`:
     forget/retain ES alone (eval.full_at=ends between a trajectory's end points)."""
     ref_tr = reference_truth_ratios(cfg, data, reference) if reference and not es_only else None
 

@@ -1,4 +1,4 @@
-"""The injection stages (SPEC §7 step 2): the forget set learned into a random 10% of value vectors
+"""The injection stages (docs/studies.md#step-2-injection): the forget set learned into a random 10% of value vectors
 V_tgt of theta_r (theta_o), the all-parameter injection that sets its target, and one seed's masks."""
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _inject_key(cfg: Config, **replace) -> dict:
 
 
 def inject(cfg: Config, data: DataSource, theta_r: ModelRef, seed: int | None = None) -> ModelRef:
-    """theta_o: learn_reg on the forget set into V_tgt only (SPEC §7 step 2)."""
+    """theta_o: learn_reg on the forget set into V_tgt only (docs/studies.md#step-2-injection)."""
     seed = cfg.inject.seed if seed is None else seed
     mask_path = Path(cfg.inject.mask) if cfg.inject.mask else random_mask(cfg, data, theta_r, seed, cfg.inject.ratio)
     target = cfg.inject.target_es_fraction * full_injection_es(cfg, data, theta_r)
@@ -65,7 +65,7 @@ def inject(cfg: Config, data: DataSource, theta_r: ModelRef, seed: int | None = 
             mask.save(p / "mask.safetensors")
             save_model(model, tok, p / "model")
         em = exact_match_rate(model, tok, forget, cfg)
-        # SPEC §7 fidelity: V_tgt must not be findable by its norm alone (issue 11: ratio <= 1.5).
+        # Injection fidelity (docs/studies.md#step-2-injection): V_tgt must not be findable by its norm alone (issue 11: ratio <= 1.5).
         return {"seed": seed, "forget_es": em["mean_es"], "exact_greedy": em["exact_greedy"],
                 "target_es": target, "reached": em["mean_es"] >= target, "train_s": round(train_s, 1),
                 "norm_ratio": {"theta_r": before, "theta_o": norm_ratio(model, mask.mask)}, **device_info(model)}
@@ -76,7 +76,7 @@ def inject(cfg: Config, data: DataSource, theta_r: ModelRef, seed: int | None = 
 
 
 def prepare_seed(cfg: Config, data: DataSource, theta_r: ModelRef, seed: int) -> dict:
-    """One seed of the controlled study (SPEC §7 steps 2-3): theta_o, injected into V_tgt, and the two
+    """One seed of the controlled study (docs/studies.md#controlled-study): theta_o, injected into V_tgt, and the two
     masks keyed by REGIONS: oracle = V_tgt, random = random_complement(V_tgt) of the same size."""
     theta_o = inject(cfg, data, theta_r, seed)
     tgt = theta_o.run.path / "mask.safetensors"

@@ -1,5 +1,5 @@
 """The model stages: theta_p (the preset's base model; tiny: built and pretrained here), and fine-tuning
-all parameters on a split: theta_r on the retain split, the full-data model on `full` (SPEC §7 step 1)."""
+all parameters on a split: theta_r on the retain split, the full-data model on `full` (docs/studies.md#step-1-retain-model)."""
 from __future__ import annotations
 
 import dataclasses
@@ -57,7 +57,7 @@ def tiny_base(cfg: Config) -> Run:
 
 
 def finetune(cfg: Config, data: DataSource, base: ModelRef | None = None) -> ModelRef:
-    """theta_r (split=retain90) or the full-data model (split=full): all parameters, SPEC §7 step 1."""
+    """theta_r (split=retain90) or the full-data model (split=full): all parameters, docs/studies.md#step-1-retain-model."""
     split = cfg.finetune.split
     # Read both splits before any training (the base model included): a missing replay file named late, or
     # without its config key, cost a whole base pretraining.
@@ -92,5 +92,5 @@ def finetune_on(cfg: Config, data: DataSource, split: str) -> ModelRef:
 
 
 def retain_model(cfg: Config, data: DataSource) -> ModelRef:
-    """theta_r: fine-tuned on the retain split matching the forget split (SPEC §7 step 1; FQ reference)."""
+    """theta_r: fine-tuned on the retain split matching the forget split (docs/studies.md#step-1-retain-model; FQ reference)."""
     return finetune_on(cfg, data, data.retain_split)

@@ -1,4 +1,4 @@
-"""The unlearning stage (SPEC §4): masked unlearning from theta_0, every checkpoint evaluated, the
+"""The unlearning stage (docs/metrics.md#trajectory): masked unlearning from theta_0, every checkpoint evaluated, the
 trajectory summarized into AUES and MU95."""
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from .evaluate import eval_key, evaluate, reference_truth_ratios
 
 def unlearn(cfg: Config, data: DataSource, model: ModelRef, mask_path: str | Path | None, reference: ModelRef,
             ucfg=None) -> Run:
-    """Masked unlearning from `model` (theta_0); evaluates theta_0 and every checkpoint (SPEC §4)."""
+    """Masked unlearning from `model` (theta_0); evaluates theta_0 and every checkpoint (docs/metrics.md#trajectory)."""
     ucfg = ucfg or method_config(cfg.unlearn, cfg.unlearn.method)
     ref_tr = reference_truth_ratios(cfg, data, reference)
     m0 = evaluate(cfg, data, model, reference)
@@ -41,7 +41,7 @@ def unlearn(cfg: Config, data: DataSource, model: ModelRef, mask_path: str | Pat
         sets = data.eval_sets()
         points = [Point.from_metrics(0, m0)]
         if cfg.eval.curve == "mix":
-            # SPEC §4 option: theta(a) = (1 - a) theta_0 + a theta_K, a = 0.1 .. 1 (theta_0 is point 0).
+            # Option curve=mix (docs/metrics.md#mix-curve): theta(a) = (1 - a) theta_0 + a theta_K, a = 0.1 .. 1 (theta_0 is point 0).
             sd0 = {k: v.clone() for k, v in model.load(cfg)[0].state_dict().items()}
             sdk = m.state_dict()  # train() left theta_K (merged) in `m`
             for j in range(1, 11):

@@ -1,4 +1,4 @@
-"""The skeleton both studies share (controlled.py, SPEC §7; localization_benchmark.py, SPEC §8):
+"""The skeleton both studies share (controlled.py, docs/studies.md#controlled-study; localization_benchmark.py, docs/studies.md#localization-benchmark):
 
     resolve the data once -> build the shared inputs in process -> enumerate the jobs -> execute them
     (executor.py: in process or through submitit) -> gather the results from the cached runs -> write

@@ -1,4 +1,4 @@
-"""The controlled Oracle-vs-Random experiment: the paper's causal test (SPEC §7).
+"""The controlled Oracle-vs-Random experiment: the paper's causal test (docs/studies.md#controlled-study).
 
 theta_r (retain-only) -> per seed s: V_tgt = random 10% of value vectors, theta_o = learn_reg injection
 of the forget set into V_tgt only, V_rdm = random_complement(V_tgt) (stages.prepare_seed). Each
@@ -65,7 +65,7 @@ def unlearn_job(cfg: Config, job: dict) -> dict:
 
 
 def attack_job(cfg: Config, job: dict) -> dict:
-    """Relearning + quantization of one unlearning run's final and MU95 checkpoints (SPEC §10)."""
+    """Relearning + quantization of one unlearning run's final and MU95 checkpoints (docs/attacks.md#attacks-in-the-studies)."""
     run, theta_o = _unlearn_run(cfg, job)
     return {**job, "rows": robustness.attack_unlearned(cfg, stages.data_source(cfg), job, run, theta_o)}
 
@@ -107,14 +107,14 @@ def gather(cfg: Config, data: DataSource, outputs: dict[str, list[dict]]) -> dic
 
 
 def paired_tests(runs: list[dict], methods: list[str], extra: list[str] = ()) -> list[dict]:
-    """Oracle vs Random per (method, metric), paired by seed (SPEC §7 step 4), with t interval, MDD (SPEC §11)
+    """Oracle vs Random per (method, metric), paired by seed (docs/studies.md#step-4-comparison), with t interval, MDD (docs/statistics.md#minimum-detectable-difference-mdd)
     and MU95 censoring counts: evaluate.stats.compare_groups. `extra`: the eval.metrics, each at the runs'
     last fully evaluated point."""
     return [compare_groups(runs, m, metric) for m in methods for metric in ("aues", "mu95", *extra)]
 
 
 def localization_check(cfg: Config, data: DataSource, prep: dict) -> list[dict]:
-    """Beyond the paper: can each localization method find V_tgt on theta_o? (SPEC §7 step 5), in every
+    """Beyond the paper: can each localization method find V_tgt on theta_o? (docs/studies.md#step-5-localization-check), in every
     scope of `study.scopes`. Sanity rows first: `norm` (||v||, finds V_tgt only if the injection inflated
     its norms) and `norm-ref` (||v - v_r|| against theta_r, finds V_tgt exactly by construction)."""
     tgt = Mask.load(prep["masks"]["oracle"])

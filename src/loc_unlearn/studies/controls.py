@@ -1,4 +1,4 @@
-"""The controlled study's positive control (SPEC §11): a comparison where a difference must exist.
+"""The controlled study's positive control (docs/studies.md#positive-control): a comparison where a difference must exist.
 
 Per seed, two edits of theta_o that differ only in WHICH region they touch, like Oracle and Random
 (each a cached stage, stages.reset_region):

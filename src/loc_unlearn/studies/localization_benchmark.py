@@ -1,4 +1,4 @@
-"""Localization methods vs random (the paper's Table 1; SPEC §8).
+"""Localization methods vs random (the paper's Table 1; docs/studies.md#localization-benchmark).
 
 A model fine-tuned on the full dataset; for each localization method a mask of `localize.ratio` over
 value vectors from forget/retain data; for each unlearning method, masked unlearning on the forget
@@ -27,7 +27,7 @@ SCOPE = "@"  # `wagle@per_layer`: WAGLE's top-k taken in every layer (study.scop
 def design(cfg: Config) -> Study:
     """The localization benchmark as a `Study` (common.run_study runs it)."""
     waves = [Wave("unlearning runs", unlearn_job, enumerate_jobs(cfg))]
-    if robustness.enabled(cfg):  # SPEC §10 on every unlearned model, after the references
+    if robustness.enabled(cfg):  # attacks (docs/attacks.md#attacks-in-the-studies) on every unlearned model, after the references
         waves += [Wave("quantization references", reference_job, [{"model": "full"}, {"model": "theta_r"}]),
                   Wave("robustness attacks", attack_job, enumerate_jobs(cfg))]
     return Study(name="localization",

@@ -1,4 +1,4 @@
-"""Robustness attacks inside the studies (SPEC §10): relearning and RTN quantization of every unlearned model.
+"""Robustness attacks inside the studies (docs/attacks.md#attacks-in-the-studies): relearning and RTN quantization of every unlearned model.
 
 For each unlearning run of a study (`study.robustness` != off) two of its models are attacked: the FINAL
 checkpoint and the MU95 checkpoint (`mu95_checkpoint`). A checkpoint is first materialized as a model
@@ -34,7 +34,7 @@ REDUCED = {"schedule": [0, 5, 20], "relearn_data": ["forget_relearn"], "bits": [
 
 def attacked_checkpoints(cfg: Config) -> tuple[str, ...]:
     """The checkpoints attacked: both under 'full'; the final one under 'reduced' (the tiny demo), which
-    halves the attacks' cost (issue 11: the demo in 10 minutes) and keeps SPEC §10's 'from an unlearned model'."""
+    halves the attacks' cost (issue 11: the demo in 10 minutes) and keeps the 'from an unlearned model' of docs/attacks.md#relearning-attack."""
     return CHECKPOINTS if cfg.study.robustness == "full" else CHECKPOINTS[:1]
 
 
@@ -71,9 +71,9 @@ def metric_names(sett: dict) -> list[dict]:
 
 
 def mu95_checkpoint(trajectory: list[dict]) -> dict:
-    """The MU95 checkpoint of an unlearning trajectory (SPEC §4): {index, step, reached}.
+    """The MU95 checkpoint of an unlearning trajectory (docs/metrics.md#mu95): {index, step, reached}.
 
-    MU0 = MU of point 0 (theta_0); points 1.. are the saved checkpoints in step order. SPEC §4's MU95
+    MU0 = MU of point 0 (theta_0); points 1.. are the saved checkpoints in step order. MU95 (docs/metrics.md#mu95)
     interpolates between the last point with MU >= 0.95 MU0 and the FIRST point j >= 1 with
     MU_j < 0.95 MU0, so the crossing lies in (step_{j-1}, step_j]: checkpoint j, the nearest saved
     checkpoint at or after the crossing, is selected (reached = True). If MU never falls below 0.95 MU0
@@ -161,7 +161,7 @@ def section(cfg: Config, rows: list[dict], references: list[dict], tests: list[d
 
 
 def paired_tests(rows: list[dict], methods: list[str], sett: dict) -> list[dict]:
-    """Oracle vs Random, paired by seed (SPEC §10, as §7), per checkpoint x method x metric
+    """Oracle vs Random, paired by seed (docs/statistics.md#pairing), per checkpoint x method x metric
     (R(k) per variant and k, post-quantization FS per bits): evaluate.stats.compare_groups."""
     from ..evaluate.stats import compare_groups
 

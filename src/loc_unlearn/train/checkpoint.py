@@ -1,4 +1,4 @@
-"""Training checkpoints on disk (SPEC §7 steps 1-3): write, verify, find, resume, rebuild.
+"""Training checkpoints on disk (docs/objectives.md#training-recipe): write, verify, find, resume, rebuild.
 
 `out_dir/ckpt-<step>/` is written to a temp folder and renamed, so a checkpoint exists iff it is complete;
 its manifest.json holds the sha256 of every file. A masked run stores only its deltas

@@ -1,4 +1,4 @@
-"""The training loop (SPEC §5, §6 "Applying a mask", §7 steps 1-3) on Hugging Face accelerate.
+"""The training loop (docs/objectives.md#training-recipe, docs/localizers.md#applying-a-mask) on Hugging Face accelerate.
 
 One optimizer step = one GLOBAL batch of `cfg.batch_size` forget examples, split over processes (strided)
 and micro batches. The model and optimizer go through `accelerator.prepare`, so the launch's engine (none,
@@ -83,9 +83,9 @@ def lr_at(step: int, peak: float, warmup: int, total: int) -> float:
     return peak * max(0.0, min(up, down, 1.0))
 
 
-def _run_key(objective, hp, cfg: TrainConfig, mask, forget_items, retain_items, idk_items, revision: int = 0) -> str:
+def _run_key(objective, hp, tc: TrainConfig, mask, forget_items, retain_items, idk_items, revision: int = 0) -> str:
     """What a checkpoint must match to be resumed (max_steps excluded: it only stops early)."""
-    c = asdict(cfg)
+    c = asdict(tc)
     c.pop("max_steps")
     m = "" if mask is None else sha256_json(mask.nonzero().tolist())
     rev = {"revision": revision} if revision else {}  # absent at 0: keys of unrevised objectives unchanged
@@ -137,7 +137,7 @@ def _encode(tokenizer, rows, max_length, what, cut: dict | None = None) -> list[
     return items
 
 
-def _encode_sets(tokenizer, name: str, obj: Objective, hp: dict, cfg: TrainConfig, forget_rows, retain_rows,
+def _encode_sets(tokenizer, name: str, obj: Objective, hp: dict, tc: TrainConfig, forget_rows, retain_rows,
                  idk, max_len: int, cut: dict) -> dict[str, list[dict]]:
     needs_retain = obj.needs_retain(hp)
     if needs_retain and not retain_rows:
@@ -150,32 +150,32 @@ def _encode_sets(tokenizer, name: str, obj: Objective, hp: dict, cfg: TrainConfi
     if obj.needs_idk:
         if not idk:
             raise UserError(f"objective '{name}' needs IDK refusals (idk=list of strings), got none")
-        rng = random.Random(cfg.seed)  # one refusal per forget example, fixed for the whole run
+        rng = random.Random(tc.seed)  # one refusal per forget example, fixed for the whole run
         items["idk"] = [encode_qa(tokenizer, r["question"], rng.choice(idk), max_len) for r in forget_rows]
     return items
 
 
-def _plan(model, tokenizer, forget_rows, retain_rows, name: str, cfg: TrainConfig, mask, hparams, idk,
+def _plan(model, tokenizer, forget_rows, retain_rows, name: str, tc: TrainConfig, mask, hparams, idk,
           processes: int) -> _Plan:
     obj = OBJECTIVES.get(name)
-    if cfg.batch_size < 1:
-        raise UserError(f"train.batch_size must be >= 1, got {cfg.batch_size}")
+    if tc.batch_size < 1:
+        raise UserError(f"train.batch_size must be >= 1, got {tc.batch_size}")
     if not forget_rows:
         raise UserError(f"training '{name}' needs at least one forget/training row, got none")
-    if cfg.micro_batch_size < 0:
-        raise UserError(f"train.micro_batch_size must be >= 0, got {cfg.micro_batch_size}")
+    if tc.micro_batch_size < 0:
+        raise UserError(f"train.micro_batch_size must be >= 0, got {tc.micro_batch_size}")
     hp = resolve_hparams(name, hparams, shape(model)[0])
-    max_len, cut = context_length(model, cfg.max_length), {}  # never past the model's positions
-    items = _encode_sets(tokenizer, name, obj, hp, cfg, forget_rows, retain_rows, idk, max_len, cut)
-    spe = math.ceil(len(items["forget"]) / cfg.batch_size)
-    total = max(1, math.ceil(cfg.epochs * spe))
-    every = cfg.checkpoint_every * spe
+    max_len, cut = context_length(model, tc.max_length), {}  # never past the model's positions
+    items = _encode_sets(tokenizer, name, obj, hp, tc, forget_rows, retain_rows, idk, max_len, cut)
+    spe = math.ceil(len(items["forget"]) / tc.batch_size)
+    total = max(1, math.ceil(tc.epochs * spe))
+    every = tc.checkpoint_every * spe
     ckpt_steps = {round(k * every) for k in range(1, int(total / every) + 2)} if every > 0 else set()
-    key = _run_key(name, hp, cfg, mask, items["forget"], items["retain"], items["idk"], obj.revision)
-    micro = cfg.micro_batch_size or math.ceil(cfg.batch_size / processes)
-    return _Plan(name=name, obj=obj, cfg=cfg, hp=hp, items=items, pad=pad_id(tokenizer), micro=micro,
-                 n_micro=math.ceil(math.ceil(cfg.batch_size / processes) / micro), spe=spe, total=total,
-                 warmup=round(cfg.warmup_epochs * spe), ckpt_steps={s for s in ckpt_steps if 0 < s < total} | {total},
+    key = _run_key(name, hp, tc, mask, items["forget"], items["retain"], items["idk"], obj.revision)
+    micro = tc.micro_batch_size or math.ceil(tc.batch_size / processes)
+    return _Plan(name=name, obj=obj, cfg=tc, hp=hp, items=items, pad=pad_id(tokenizer), micro=micro,
+                 n_micro=math.ceil(math.ceil(tc.batch_size / processes) / micro), spe=spe, total=total,
+                 warmup=round(tc.warmup_epochs * spe), ckpt_steps={s for s in ckpt_steps if 0 < s < total} | {total},
                  key=key, truncated=cut)
 
 
@@ -183,7 +183,7 @@ def _plan(model, tokenizer, forget_rows, retain_rows, name: str, cfg: TrainConfi
 
 
 @dataclass
-class _Run:
+class _Training:
     acc: object
     md: MaskedDelta
     snap: dict | None
@@ -209,7 +209,7 @@ class _Run:
         return self.acc.device
 
 
-def _prepare(model, plan: _Plan, mask, acc, post_step=None) -> _Run:
+def _prepare(model, plan: _Plan, mask, acc, post_step=None) -> _Training:
     obj, hp, cfg = plan.obj, plan.hp, plan.cfg
     model.to(acc.device)  # acc.device is the device rule's (utils.resolve_device, engine.make_accelerator)
     template = (type(model), model.config, engine.non_persistent_buffers(model),
@@ -251,11 +251,11 @@ def _prepare(model, plan: _Plan, mask, acc, post_step=None) -> _Run:
     # place and points the optimizer at them, ZeRO-3 partitions both, DDP wraps the model.
     wrapped, opt = acc.prepare(model, opt)
     params = [p for g in opt.param_groups for p in g["params"]]
-    return _Run(acc=acc, md=md, snap=snap, ctx=Context(hp=hp, reference=reference, rmu_target=target),
+    return _Training(acc=acc, md=md, snap=snap, ctx=Context(hp=hp, reference=reference, rmu_target=target),
                 params=params, opt=opt, model=wrapped, template=template, engine=name, frozen=frozen)
 
 
-def _load_weights(run: _Run):
+def _load_weights(run: _Training):
     """How a checkpoint's weights go back into the run: deltas into the (possibly sharded) delta parameters,
     or a full model state through the engine."""
     def load(sd: dict) -> None:
@@ -266,7 +266,7 @@ def _load_weights(run: _Run):
     return load
 
 
-def _resume(run: _Run, plan: _Plan, out_dir: Path) -> None:
+def _resume(run: _Training, plan: _Plan, out_dir: Path) -> None:
     if run.engine == "deepspeed":
         if checkpoints(out_dir):
             log(f"training {plan.name} under DeepSpeed starts from step 0: its checkpoints hold no optimizer "
@@ -280,8 +280,8 @@ def _resume(run: _Run, plan: _Plan, out_dir: Path) -> None:
         log(f"resuming {plan.name} from {ck} (step {run.start}/{plan.total})")
 
 
-def _reference_logps(run: _Run, plan: _Plan, out_dir: Path) -> None:
-    """Start-model logpi of the answer sets the objective names, once (SPEC §5); saved so a resumed run
+def _reference_logps(run: _Training, plan: _Plan, out_dir: Path) -> None:
+    """Start-model logpi of the answer sets the objective names, once (docs/objectives.md#reference-model); saved so a resumed run
     reuses them."""
     if not plan.obj.ref_logp:
         return
@@ -312,7 +312,7 @@ def _micro_batch(plan: _Plan, ids, retain_ids, device) -> dict:
             for k in ("forget", "retain", "idk") if plan.items[k]}
 
 
-def _gradients(run: _Run, plan: _Plan, step: int, perm, pairs) -> dict:
+def _gradients(run: _Training, plan: _Plan, step: int, perm, pairs) -> dict:
     """Set the lr and accumulate the gradient of one global batch; returns the step's log record."""
     cfg, acc, device = plan.cfg, run.acc, run.device
     P, rank = acc.num_processes, acc.process_index
@@ -359,7 +359,7 @@ def _gradients(run: _Run, plan: _Plan, step: int, perm, pairs) -> dict:
     return rec
 
 
-def _diverged(run: _Run, plan: _Plan, rec: dict, out_dir: Path) -> TrainingDiverged:
+def _diverged(run: _Training, plan: _Plan, rec: dict, out_dir: Path) -> TrainingDiverged:
     last = run.written[-1] if run.written else last_checkpoint(out_dir)
     return TrainingDiverged(f"training '{plan.name}' diverged at step {rec['step']}: loss={rec['loss']}, "
                             f"grad_norm={rec['grad_norm']}; stopped without applying that step. Last good "
@@ -367,7 +367,7 @@ def _diverged(run: _Run, plan: _Plan, rec: dict, out_dir: Path) -> TrainingDiver
                             "or change the objective's hyperparameters.")
 
 
-def _checkpoint(run: _Run, plan: _Plan, out_dir: Path, step: int, resume_only: bool = False) -> None:
+def _checkpoint(run: _Training, plan: _Plan, out_dir: Path, step: int, resume_only: bool = False) -> None:
     # Gathering is a collective under a sharding engine: every process gathers, the main one writes.
     if run.engine == "deepspeed":  # partitions: gather through the engine, keep the deltas
         weights = engine.full_state_dict(run.acc, run.model)
@@ -387,7 +387,7 @@ def _checkpoint(run: _Run, plan: _Plan, out_dir: Path, step: int, resume_only: b
     run.acc.wait_for_everyone()
 
 
-def _stop_signal(run: _Run) -> int:
+def _stop_signal(run: _Training) -> int:
     """The stop signal received (stop.py), 0 if none; under several processes the same answer on every
     process (the largest signal number any received), so all stop after the same step and none is left
     waiting in a collective."""
@@ -399,7 +399,7 @@ def _stop_signal(run: _Run) -> int:
     return sig
 
 
-def _stop_if_requested(run: _Run, plan: _Plan, out_dir: Path, step: int, written: bool, bar) -> None:
+def _stop_if_requested(run: _Training, plan: _Plan, out_dir: Path, step: int, written: bool, bar) -> None:
     """At a step boundary (`step` steps done): on a stop signal, write a checkpoint at `step` unless one
     was just `written` (a resume point only: dropped once the run has gone past it) and raise Preempted."""
     sig = _stop_signal(run)
@@ -421,7 +421,7 @@ def _stop_if_requested(run: _Run, plan: _Plan, out_dir: Path, step: int, written
                     f"step {step}/{plan.total}")
 
 
-def _steps(run: _Run, plan: _Plan, out_dir: Path, post_step=None) -> None:
+def _steps(run: _Training, plan: _Plan, out_dir: Path, post_step=None) -> None:
     cfg = plan.cfg
     quiet = not run.acc.is_main_process or os.environ.get("LOC_UNLEARN_QUIET") == "1"
     bar = progress(total=plan.total, initial=run.start, desc=f"train {plan.name}", disable=quiet)
@@ -434,21 +434,21 @@ def _steps(run: _Run, plan: _Plan, out_dir: Path, post_step=None) -> None:
     bar.close()
 
 
-def _step_range(run: _Run, plan: _Plan, out_dir: Path, cfg: TrainConfig, bar, post_step) -> None:
+def _step_range(run: _Training, plan: _Plan, out_dir: Path, tc: TrainConfig, bar, post_step) -> None:
     N, R = len(plan.items["forget"]), len(plan.items["retain"])
     perm = pairs = None
     cur_epoch = -1
     for step in range(run.start, plan.total):
         epoch = step // plan.spe
         if epoch != cur_epoch:  # order and pairing depend only on (seed, epoch)
-            perm = torch.randperm(N, generator=_gen(cfg.seed, epoch, 0))
-            pairs = torch.randint(R, (N,), generator=_gen(cfg.seed, epoch, 1)) if R else None
+            perm = torch.randperm(N, generator=_gen(tc.seed, epoch, 0))
+            pairs = torch.randint(R, (N,), generator=_gen(tc.seed, epoch, 1)) if R else None
             cur_epoch = epoch
         rec = _gradients(run, plan, step, perm, pairs)
         if not math.isfinite(rec["loss"]) or not math.isfinite(rec["grad_norm"]):
             bar.close()
             raise _diverged(run, plan, rec, out_dir)
-        run.md.apply_weight_decay(rec["lr"], cfg.weight_decay)
+        run.md.apply_weight_decay(rec["lr"], tc.weight_decay)
         run.opt.step()
         if post_step is not None:  # e.g. the injection's norm cap (train/norm_cap.py): edits deltas only
             post_step(run.md)
@@ -457,7 +457,7 @@ def _step_range(run: _Run, plan: _Plan, out_dir: Path, cfg: TrainConfig, bar, po
         run.history.append(rec)
         bar.update(1)
         bar.set_postfix(loss=f"{rec['loss']:.4f}")
-        last = cfg.max_steps and step + 1 >= cfg.max_steps and step + 1 < plan.total
+        last = tc.max_steps and step + 1 >= tc.max_steps and step + 1 < plan.total
         due = step + 1 in plan.ckpt_steps or last
         if due:
             _checkpoint(run, plan, out_dir, step + 1)
@@ -466,7 +466,7 @@ def _step_range(run: _Run, plan: _Plan, out_dir: Path, cfg: TrainConfig, bar, po
             break
 
 
-def _finish(run: _Run, plan: _Plan, out_dir: Path) -> TrainResult:
+def _finish(run: _Training, plan: _Plan, out_dir: Path) -> TrainResult:
     # Trajectory = checkpoints at the planned steps (including ones written before a resume) + where we stopped.
     last_step = run.history[-1]["step"] if run.history else run.start
     if run.acc.is_main_process:
@@ -481,7 +481,7 @@ def _finish(run: _Run, plan: _Plan, out_dir: Path) -> TrainResult:
         state = engine.full_state_dict(acc, run.model)
         if md.masked:
             state = merge_state(state, md)
-            # SPEC §6 on the gathered weights: nothing outside the mask changed, bit for bit
+            # docs/localizers.md#applying-a-mask on the gathered weights: nothing outside the mask changed, bit for bit
             md.check_unmasked_unchanged(run.snap, now={k: state[k] for k in run.snap if k in state})
         cls, config, buffers, gen, _ = run.template
         model = engine.plain_model(cls, config, state, buffers, gen, device=acc.device)
@@ -489,7 +489,7 @@ def _finish(run: _Run, plan: _Plan, out_dir: Path) -> TrainResult:
         model = acc.unwrap_model(run.model, keep_fp32_wrapper=False)
         if md.masked:
             md.merge()
-            md.check_unmasked_unchanged(run.snap)  # SPEC §6: nothing outside the mask changed, bit for bit
+            md.check_unmasked_unchanged(run.snap)  # docs/localizers.md#applying-a-mask: nothing outside the mask changed, bit for bit
         else:
             for q in model.parameters():
                 q.grad = None

@@ -1,8 +1,8 @@
-"""Masked updates of value vectors (SPEC §6 "Applying a mask").
+"""Masked updates of value vectors (docs/localizers.md#applying-a-mask).
 
 Only the masked columns of each layer's W_down may change. Instead of training the whole weight with a
 gradient mask (a full [d, d_ff] weight gradient, full AdamW state, and decoupled weight decay that moves
-"frozen" weights, see ENVIRONMENT.md), each layer gets a float32 Parameter `delta_l [d, k_l]` for its k_l
+"frozen" weights, see docs/localizers.md#applying-a-mask), each layer gets a float32 Parameter `delta_l [d, k_l]` for its k_l
 masked columns. The down-proj forward becomes a custom autograd Function that
 
   * folds the delta into the weight BEFORE the matmul (W_eff = W; W_eff[:, idx] += delta). A separate extra

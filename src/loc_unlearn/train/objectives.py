@@ -1,9 +1,9 @@
-"""Unlearning objectives (SPEC §5): one small function per method, and ONE registry saying what each needs.
+"""Unlearning objectives (docs/objectives.md): one small function per method, and ONE registry saying what each needs.
 
 Every objective returns PER-EXAMPLE losses `[B]` (and per-example logs). The loop sums them and divides
 by the GLOBAL batch size, so the result does not depend on how a global batch is split into micro
 batches, accumulation steps or processes. Per-example NLL is the mean over that example's trained
-tokens (answer + eos, SPEC preamble); `logpi` is their SUM.
+tokens (answer + eos, docs/data.md#prompt-and-answer-formatting); `logpi` is their SUM.
 
 `L_i = gamma * L_forget_i + alpha * L_retain_i`, with forget example i paired with retain example i.
 The reference policy is the start model: its sequence log-probs on the fixed forget / idk answers are
@@ -183,7 +183,7 @@ def layer_output(model, b: dict, layer: int) -> torch.Tensor:
 
 def _token_mse(x: torch.Tensor, target: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per example: mean over its trained positions (labels != -100: answer tokens + eos, the positions every
-    other objective's loss covers; SPEC preamble) of the mean over d of (x - target)^2. Prompt and padding
+    other objective's loss covers; docs/data.md#prompt-and-answer-formatting) of the mean over d of (x - target)^2. Prompt and padding
     positions do not count."""
     se = (x.float() - target.float()).pow(2).mean(-1)
     m = (labels != -100).to(se.dtype)
@@ -214,7 +214,7 @@ def rmu_target(d: int, c: float, seed: int) -> torch.Tensor:
 
 
 def _rmu_layer(hp: dict, n_layers: int) -> dict:
-    # SPEC §5: layer 7 of a 32-layer model, scaled to depth; -1 = that default.
+    # docs/objectives.md#rmu: layer 7 of a 32-layer model, scaled to depth; -1 = that default.
     l = hp["rmu_layer"] if hp["rmu_layer"] >= 0 else round(7 / 32 * n_layers)
     if hp["rmu_layer"] >= n_layers:
         raise ConfigError(f"unlearn.rmu_layer={hp['rmu_layer']} but the model has {n_layers} layers "
@@ -228,7 +228,7 @@ def _hp(gamma: float, alpha: float, **extra) -> dict:
             "alpha": (alpha, "weight of the retain loss (0 = no retain pass)"), **extra}
 
 
-# SPEC §5 defaults. gamma/alpha not fixed by the SPEC follow open-unlearning (forget weight 1, retain NLL
+# Defaults (docs/objectives.md#defaults). gamma/alpha not fixed by a method's paper follow open-unlearning (forget weight 1, retain NLL
 # weight 1). learn_reg's alpha is the injection lambda.
 _BETA = "beta of WGA (weight exponent), NPO / SimNPO / DPO (inverse temperature)"
 register("ga", ascent, _hp(1.0, 0.0), doc="gradient ascent on the forget NLL")

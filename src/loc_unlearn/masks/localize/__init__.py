@@ -1,4 +1,4 @@
-"""Localization: score every value vector, keep the top `ratio` as a Mask (SPEC §6).
+"""Localization: score every value vector, keep the top `ratio` as a Mask (docs/localizers.md#top-k-selection).
 
 Each method lives in its own file here (or in a plug-in file: loc_unlearn.plugins) and registers a score
 function `fn(cfg: LocalizeConfig, model, tokenizer, forget_rows, retain_rows) -> Tensor [L, d_ff]` (float;
@@ -24,11 +24,11 @@ from ..mask import Mask
 
 
 def _check_ratio(ratio) -> float:
-    return check_fraction("localize.ratio", ratio)  # the config's rule and message (config.py)
+    return check_fraction("localize.ratio", ratio)  # the config's rule and message (checks.py)
 
 
 def topk_count(ratio: float, n: int) -> int:
-    """round(ratio * n) (SPEC §6); Python rounding so every module agrees on the same size."""
+    """round(ratio * n) (docs/localizers.md#top-k-selection); Python rounding so every module agrees on the same size."""
     k = round(_check_ratio(ratio) * n)
     if k < 1:
         raise ConfigError(f"config key 'localize.ratio': {ratio} of {n} value vectors selects none; use a larger ratio")
@@ -64,47 +64,47 @@ def select_topk(scores: torch.Tensor, ratio: float, scope: str = "global", k=Non
     raise ConfigError(f"config key 'localize.scope': expected 'global' or 'per_layer', got {scope!r}")
 
 
-def score(method: str, model, tokenizer, forget_rows, retain_rows, cfg) -> torch.Tensor:
+def score(method: str, model, tokenizer, forget_rows, retain_rows, lcfg) -> torch.Tensor:
     """Scores [L, d_ff] (float32 or float64, cpu) of `method` (for inspection; `localize` uses the same), its
-    hyperparameters resolved from cfg.params, the source mask's vectors at -inf when it excludes them."""
+    hyperparameters resolved from lcfg.params, the source mask's vectors at -inf when it excludes them."""
     loc = LOCALIZERS.get(method)
-    cfg = dataclasses.replace(cfg, params=resolve_params(loc, cfg.params, "localize"))
-    s = loc.fn(cfg, model, tokenizer, forget_rows, retain_rows).detach().cpu()
+    lcfg = dataclasses.replace(lcfg, params=resolve_params(loc, lcfg.params, "localize"))
+    s = loc.fn(lcfg, model, tokenizer, forget_rows, retain_rows).detach().cpu()
     s = s if s.dtype == torch.float64 else s.float()  # float64 kept: casting random scores would create ties
     if loc.excludes_source:
-        s[Mask.load(cfg.source_mask, expect_shape=tuple(s.shape)).mask] = float("-inf")
+        s[Mask.load(lcfg.source_mask, expect_shape=tuple(s.shape)).mask] = float("-inf")
     return s
 
 
-def localize(cfg, model, tokenizer, forget_rows, retain_rows) -> Mask:
-    """Run `cfg.method` and return its Mask with metadata (SPEC §6)."""
+def localize(lcfg, model, tokenizer, forget_rows, retain_rows) -> Mask:
+    """Run `lcfg.method` and return its Mask with metadata (docs/localizers.md#mask-files)."""
     from ...models.value_vectors import fingerprint, shape
 
-    loc = LOCALIZERS.get(cfg.method)  # unknown name -> error listing the known ones, before any work
+    loc = LOCALIZERS.get(lcfg.method)  # unknown name -> error listing the known ones, before any work
     L, d_ff = shape(model)
-    k, ratio, scope, src = None, cfg.ratio, cfg.scope, None
+    k, ratio, scope, src = None, lcfg.ratio, lcfg.scope, None
     if loc.needs_source_mask:
-        if not cfg.source_mask:
-            raise ConfigError(f"config key 'localize.source_mask': {cfg.method} needs the path of a source mask "
+        if not lcfg.source_mask:
+            raise ConfigError(f"config key 'localize.source_mask': {lcfg.method} needs the path of a source mask "
                               f"(the mask it complements or whose size it copies)")
-        src = Mask.load(cfg.source_mask, expect_shape=(L, d_ff))
-    if loc.size_from_source == "count":  # the source's size (SPEC §6/§7), per layer under scope=per_layer
+        src = Mask.load(lcfg.source_mask, expect_shape=(L, d_ff))
+    if loc.size_from_source == "count":  # the source's size (docs/localizers.md#random-complement), per layer under scope=per_layer
         k, ratio = (src.count if scope == "global" else src.per_layer_counts()), src.ratio
     elif loc.size_from_source == "per_layer":  # the source's count in every layer
         k, ratio, scope = src.per_layer_counts(), src.ratio, "per_layer"
     else:
         _check_ratio(ratio)
     if loc.excludes_source:
-        _check_complement(cfg.source_mask, src, k, ratio, scope)
-    s = score(cfg.method, model, tokenizer, forget_rows, retain_rows, cfg)
+        _check_complement(lcfg.source_mask, src, k, ratio, scope)
+    s = score(lcfg.method, model, tokenizer, forget_rows, retain_rows, lcfg)
     if tuple(s.shape) != (L, d_ff):
-        raise RuntimeError(f"{cfg.method} returned scores {tuple(s.shape)}, expected {(L, d_ff)}")
+        raise RuntimeError(f"{lcfg.method} returned scores {tuple(s.shape)}, expected {(L, d_ff)}")
     sel = select_topk(s, ratio, scope, k=k)
-    meta = {"method": cfg.method, "ratio": float(ratio), "scope": scope, "seed": int(cfg.seed),
-            "source_mask": cfg.source_mask if loc.needs_source_mask else "",
+    meta = {"method": lcfg.method, "ratio": float(ratio), "scope": scope, "seed": int(lcfg.seed),
+            "source_mask": lcfg.source_mask if loc.needs_source_mask else "",
             "fingerprint": fingerprint(model)}
-    if loc.uses_reference and cfg.reference:
-        meta["reference"] = cfg.reference  # ||v - v_ref||: which reference the scores were taken against
+    if loc.uses_reference and lcfg.reference:
+        meta["reference"] = lcfg.reference  # ||v - v_ref||: which reference the scores were taken against
     return Mask(sel, meta)
 
 

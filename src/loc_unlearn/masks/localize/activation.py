@@ -1,4 +1,4 @@
-"""Activation localization (SPEC §6): S_{l,i} = |mean_t a^l_i(t)| * ||v_{l,i}||_2.
+"""Activation localization (docs/localizers.md#activation): S_{l,i} = |mean_t a^l_i(t)| * ||v_{l,i}||_2.
 
 The mean runs over all answer-predicting positions of the forget set, pooled over examples (each
 token counts once): positions t whose next token t+1 is an answer token (metric_mask, eos excluded).
@@ -33,8 +33,8 @@ def mean_answer_activations(model, tokenizer, rows, batch_size: int, max_length:
 
 
 @localizer("activation", doc="|mean answer activation| x value-vector norm")
-def activation_scores(cfg, model, tokenizer, forget_rows, retain_rows):
-    mean_a = mean_answer_activations(model, tokenizer, forget_rows, cfg.batch_size, cfg.max_length)
+def activation_scores(lcfg, model, tokenizer, forget_rows, retain_rows):
+    mean_a = mean_answer_activations(model, tokenizer, forget_rows, lcfg.batch_size, lcfg.max_length)
     L, _ = shape(model)
     norms = torch.stack([value_matrix(model, l).detach().double().norm(dim=0).cpu() for l in range(L)])
     return mean_a.abs() * norms

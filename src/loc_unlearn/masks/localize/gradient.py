@@ -1,4 +1,4 @@
-"""Gradient localization (SPEC §6, extra): S_{l,i} = ||g_forget[:, i]||_2, g = dNLL/dW_down^l.
+"""Gradient localization (docs/localizers.md#gradient, extra): S_{l,i} = ||g_forget[:, i]||_2, g = dNLL/dW_down^l.
 
 Also the shared gradient machinery used by memflex.py and wagle.py: encoding rows, length batches,
 and `down_grads`, the float32 gradient of the mean answer-token NLL w.r.t. every W_down.
@@ -85,7 +85,7 @@ def down_grads(model, items: list[dict], batch_size: int, pad: int, desc: str = 
 
 
 @localizer("gradient", doc="norm of the forget-NLL gradient of each value vector")
-def gradient_scores(cfg, model, tokenizer, forget_rows, retain_rows):
-    g = down_grads(model, encode_rows(tokenizer, forget_rows, cfg.max_length), cfg.batch_size,
+def gradient_scores(lcfg, model, tokenizer, forget_rows, retain_rows):
+    g = down_grads(model, encode_rows(tokenizer, forget_rows, lcfg.max_length), lcfg.batch_size,
                    pad_id(tokenizer), desc="gradient: forget")
     return torch.stack([x.norm(dim=0) for x in g]).cpu()

@@ -1,4 +1,4 @@
-"""MemFlex localization (SPEC §6).
+"""MemFlex localization (docs/localizers.md#memflex).
 
 Gradients of the NLL on forget data and on retain data whose answers are corrupted (each answer
 token replaced by a random token with probability 1/2; `memflex_copies` copies per example). Per
@@ -54,10 +54,10 @@ def content_vocab(tokenizer) -> list[int]:
     "memflex_threshold": (0.92, "MemFlex: candidates have cos(g_forget, g_retain) below this"),
     "memflex_copies": (3, "MemFlex: corrupted copies per example")},
            doc="gradient cosine between forget and corrupted-retain data")
-def memflex_scores(cfg, model, tokenizer, forget_rows, retain_rows):
-    pad, vocab, copies = pad_id(tokenizer), content_vocab(tokenizer), cfg.params["memflex_copies"]
-    f_items = corrupt(encode_rows(tokenizer, forget_rows, cfg.max_length), copies, vocab, cfg.seed)
-    r_items = corrupt(encode_rows(tokenizer, retain_rows, cfg.max_length), copies, vocab, cfg.seed + 1)
-    gf = down_grads(model, f_items, cfg.batch_size, pad, "memflex: forget")
-    gr = down_grads(model, r_items, cfg.batch_size, pad, "memflex: retain")
-    return memflex_from_grads(gf, gr, cfg.params["memflex_threshold"]).cpu()
+def memflex_scores(lcfg, model, tokenizer, forget_rows, retain_rows):
+    pad, vocab, copies = pad_id(tokenizer), content_vocab(tokenizer), lcfg.params["memflex_copies"]
+    f_items = corrupt(encode_rows(tokenizer, forget_rows, lcfg.max_length), copies, vocab, lcfg.seed)
+    r_items = corrupt(encode_rows(tokenizer, retain_rows, lcfg.max_length), copies, vocab, lcfg.seed + 1)
+    gf = down_grads(model, f_items, lcfg.batch_size, pad, "memflex: forget")
+    gr = down_grads(model, r_items, lcfg.batch_size, pad, "memflex: retain")
+    return memflex_from_grads(gf, gr, lcfg.params["memflex_threshold"]).cpu()

@@ -1,7 +1,7 @@
-"""Norm localization (extra, SPEC §6 "further methods"): S_{l,i} = ||v_{l,i}||_2, or, with a reference
+"""Norm localization (extra, docs/localizers.md#norm): S_{l,i} = ||v_{l,i}||_2, or, with a reference
 model, S_{l,i} = ||v_{l,i} - v^ref_{l,i}||_2.
 
-The sanity row of the localization check (SPEC §7 step 5): an injection that inflates the norms of
+The sanity row of the localization check (docs/studies.md#step-5-localization-check): an injection that inflates the norms of
 V_tgt is recovered by the plain norm, and with the reference theta_r (theta_o differs from it only in
 V_tgt columns) the difference norm recovers V_tgt exactly, whatever the norms themselves are. If a
 localizer cannot beat this row on a task built this way, its scores do not see the injected change.
@@ -34,12 +34,12 @@ def _load_reference(path: str, model):
 
 
 @localizer("norm", uses_reference=True, doc="value-vector norm, or its distance to localize.reference")
-def norm_scores(cfg, model, tokenizer, forget_rows, retain_rows, reference=None):
+def norm_scores(lcfg, model, tokenizer, forget_rows, retain_rows, reference=None):
     """[L, d_ff] float64 column norms of W_down (minus the reference's W_down when one is given)."""
-    if reference is None and getattr(cfg, "reference", ""):
-        reference = _load_reference(cfg.reference, model)
+    if reference is None and getattr(lcfg, "reference", ""):
+        reference = _load_reference(lcfg.reference, model)
     if reference is not None and fingerprint(reference) != fingerprint(model):
-        where = f" {cfg.reference}" if getattr(cfg, "reference", "") else ""
+        where = f" {lcfg.reference}" if getattr(lcfg, "reference", "") else ""
         raise UserError(f"localize.reference{where}: model {fingerprint(reference)} does not match the model being "
                         f"localized {fingerprint(model)}; the reference must have the same architecture and shape")
     L, _ = shape(model)

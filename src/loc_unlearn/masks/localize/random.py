@@ -1,5 +1,5 @@
-"""Random baselines (SPEC §6): `random` = a uniform k-subset; `random_complement` = a uniform k-subset
-of the complement of `cfg.source_mask` (the paper's Random region next to an Oracle, SPEC §7);
+"""Random baselines (docs/localizers.md#random): `random` = a uniform k-subset; `random_complement` = a uniform k-subset
+of the complement of `cfg.source_mask` (the paper's Random region next to an Oracle, docs/studies.md#step-3-oracle-and-random);
 `random_layer_matched` (extra) = uniform within each layer with the per-layer counts of `cfg.source_mask`,
 the control that separates "which layers" from "which vectors" for an attribution method's mask.
 
@@ -12,8 +12,8 @@ from ...models.value_vectors import shape
 from ...registry import register_localizer
 
 
-def random_scores(cfg, model, tokenizer, forget_rows, retain_rows):
-    g = torch.Generator().manual_seed(int(cfg.seed))
+def random_scores(lcfg, model, tokenizer, forget_rows, retain_rows):
+    g = torch.Generator().manual_seed(int(lcfg.seed))
     return torch.rand(shape(model), generator=g, dtype=torch.float64)
 
 
