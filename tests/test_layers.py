@@ -99,3 +99,12 @@ def test_importing_the_package_root_is_light():
 
     code = "import sys, loc_unlearn, loc_unlearn.cli; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+if __name__ == "__main__":  # `python tests/test_layers.py`: the check's own report
+    modules = sorted(PKG.rglob("*.py"))
+    found = upward_imports()
+    for name in (n for layer in LAYERS for n in sorted(layer)):
+        n_files = sum(1 for p in modules if _top(".".join(p.relative_to(PKG.parent).with_suffix("").parts)) == name)
+        print(f"layer {RANK[name]}  {name:12s} {n_files:3d} module(s)")
+    print("\n".join(found) if found else f"no upward imports in {len(modules)} modules")

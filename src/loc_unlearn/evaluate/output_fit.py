@@ -26,7 +26,7 @@ theta_r see identical inputs, deeper they differ (earlier layers changed). The s
 theta_r + Delta_R runs on its own inputs, so the per-layer residual measures how well one layer can be
 fitted in isolation, and the stitched model's FS/RS (evaluated by the caller) the end-to-end effect.
 
-This module is the math; studies/output_fit.py runs it as a cached stage of the controlled study.
+This module is the math; stages/analysis.py runs it as a cached stage of the controlled study.
 """
 from __future__ import annotations
 

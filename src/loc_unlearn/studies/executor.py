@@ -71,7 +71,7 @@ class StudyJob:
         self.fn = fn
 
     def __call__(self, cfg: Config, job: dict) -> dict:
-        load_plugins(cfg.plugins)  # a fresh process on the cluster: the config's plug-in methods first
+        load_plugins(getattr(cfg, "plugins", ()))  # a fresh process on the cluster: plug-in methods first
         usr = _submitit_signal()
         requeue = signal.getsignal(usr) if usr else None
         try:
