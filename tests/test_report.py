@@ -126,10 +126,11 @@ def test_controlled_report(tmp_path, optional):
             ci = stats.ttest_rel(a, b).confidence_interval()
             assert row[4] == f"[{ci.low:.{nd}f}, {ci.high:.{nd}f}]"
             sd = np.std(np.subtract(a, b), ddof=1)
-            assert row[8] == f"{min_detectable_difference(sd, 2):.{nd}f} (n=2, sd {sd:.{nd}f})"
-            assert row[7].startswith("0.500 (min ")  # Wilcoxon cannot reach 0.05 with 2 pairs: its floor is shown
+            assert row[7] == "n/a"  # an old-style entry has no Holm p, and the report computes none
+            assert row[9] == f"{min_detectable_difference(sd, 2):.{nd}f} (n=2, sd {sd:.{nd}f})"
+            assert row[8].startswith("0.500 (min ")  # Wilcoxon cannot reach 0.05 with 2 pairs: its floor is shown
             if metric == "mu95":  # wga seed 1 is censored in both regions
-                assert row[10] == ("1 / 1" if m == "wga" else "0 / 0")
+                assert row[11] == ("1 / 1" if m == "wga" else "0 / 0")
 
     # the headline: one line per method with Oracle vs Random AUES and the p-value, before any table
     head = md.split("## Headline", 1)[1].split("\n## ", 1)[0]
@@ -139,6 +140,11 @@ def test_controlled_report(tmp_path, optional):
         assert f"p = {t['p_t']:.3f}" in line
         assert ("**significant**" in line) == (t["p_t"] < 0.05)
     assert "injection did not reach its target ES for seed(s) 1" in head
+    # an old results.json (no p_holm, fq_ceiling, positive control) still renders and says what it lacks
+    assert "significant (uncorrected p < 0.05) for" in head
+    assert "- FQ ceiling: not recorded in this results.json" in head and "- Positive control: not in this results.json" in head
+    assert "- Tests: the p-values are uncorrected; this results.json has no Holm-corrected p" in head
+    assert "- Injection: 1 of 2 seed(s) reached the target forget ES (forget ES 0.930 / 0.930 vs target 0.850)" in head
     assert "| 1 | 0.930 | 0.850 | 0.950 | **no** |" in md  # injection table, seed 1 not reached
     if optional:
         assert _row(md, "gradient", "| localization method")[1] == "0.700"
@@ -255,7 +261,7 @@ def test_one_seed_report_prints_no_nan_and_no_zero_std(tmp_path):
         assert "n/a (1 seed)" in text
     row = _row(out["md"].read_text(), "npo", "| method | AUES Oracle")
     a = next(r["aues"] for r in res["runs"] if r["method"] == "npo" and r["region"] == "oracle")
-    assert row[1] == f"{a:.3f}" and row[4:9] == ["n/a (1 seed)"] * 5
+    assert row[1] == f"{a:.3f}" and row[4:10] == ["n/a (1 seed)"] * 6  # CI, bootstrap, p, p (Holm), Wilcoxon, MDD
 
 
 def test_one_seed_cli_summary(tmp_path, capsys):
@@ -486,3 +492,122 @@ def test_bad_robustness_section_is_user_error(tmp_path):
     res["robustness"] = {"settings": {}, "metrics": [], "runs": [{"method": "npo", "region": "oracle"}]}
     with pytest.raises(UserError, match=r"robustness.runs\[0\] lacks field 'checkpoint'"):
         build_report(_write(tmp_path, res))
+
+
+# ----------------------------------------------------------------------------- Holm and the limits block (issue 22)
+
+
+def _holm_study():
+    """Three seeds; npo's AUES differences nearly constant (p_t ~ 0.003, significant after Holm), wga's
+    spread so that p_t ~ 0.035 (below 0.05 uncorrected, above it after Holm); tests from the study's own
+    paired_tests (with Holm), fq_ceiling from the study's own function, a detected positive control."""
+    from loc_unlearn.studies.controlled import fq_ceiling, paired_tests
+
+    res = _controlled(False, seeds=(0, 1, 2))
+    shift = {"npo": [0.010, 0.011, 0.012], "wga": [0.02, 0.03, 0.04]}
+    rand = {(r["method"], r["seed"]): r["aues"] for r in res["runs"] if r["region"] == "random"}
+    for r in res["runs"]:
+        if r["region"] == "oracle":
+            r["aues"] = rand[(r["method"], r["seed"])] + shift[r["method"]][r["seed"]]
+    res["tests"] = paired_tests(res["runs"], list(METHODS))
+    res["fq_ceiling"] = fq_ceiling(40)
+    res["positive_control"] = {"oracle_fs": [0.9, 0.95, 0.97], "random_fs": [0.7, 0.8, 0.75], "p": 0.012,
+                               "mdd": 0.1, "detected": True, "test": {"n": 3, "mdd": 0.1, "sd_diff": 0.05}}
+    tests = {(t["method"], t["metric"]): t for t in res["tests"]}
+    # the premises of the checks below, from the stored numbers
+    assert tests["npo", "aues"]["p_holm"] < 0.05
+    assert tests["wga", "aues"]["p_t"] < 0.05 <= tests["wga", "aues"]["p_holm"]
+    assert all(t["holm_m"] == 4 for t in res["tests"])
+    return res, tests
+
+
+def test_headline_shows_p_before_and_after_holm_and_the_limits(tmp_path):
+    res, tests = _holm_study()
+    md = build_report(_write(tmp_path, res))["md"].read_text()
+    head = md.split("## Headline", 1)[1].split("\n## ", 1)[0]
+    npo, wga = tests["npo", "aues"], tests["wga", "aues"]
+    line = next(ln for ln in head.splitlines() if ln.startswith("- **npo**"))
+    assert f"paired t p = {npo['p_t']:.3f}, Holm p = {npo['p_holm']:.3f} (4 tests): **significant** at 0.05 after Holm" in line
+    line = next(ln for ln in head.splitlines() if ln.startswith("- **wga**"))
+    assert f"paired t p = {wga['p_t']:.3f}, Holm p = {wga['p_holm']:.3f} (4 tests): p < 0.05 uncorrected, not after Holm;" in line
+    assert "**significant**" not in line
+    assert ("significant after Holm's correction over the study's 4 tests for 1 of 2 tested method(s); "
+            "1 more at p < 0.05 uncorrected, not after Holm.") in head
+    # the limits block comes after the existing headline lines
+    lines = head.strip().splitlines()
+    first = lines.index("- **Limits of this run** (docs/studies.md#limits-of-a-run):")
+    assert first > max(i for i, ln in enumerate(lines) if ln.startswith(("- **npo**", "- **wga**", "- Positive control: FS")))
+    limits = lines[first + 1:]
+    assert limits[0] == ("- FQ ceiling: with 40 forget rows per side, the KS test behind FQ cannot give a log10 FQ below "
+                         "-22.73 (truth ratios fully separated, D = 1; docs/metrics.md#fq-ceiling), and values near it "
+                         "cannot tell models apart; the paper's MU95 values (-14.87 to -16.84) come from TOFU forget10's "
+                         "400 rows (docs/metrics.md#paper-reference-values). theta_o starts at log10 FQ -5.00 (mean over "
+                         "3 seed(s)).")
+    assert limits[1] == ("- Injection: 1 of 3 seed(s) reached the target forget ES (forget ES 0.930 / 0.930 / 0.930 vs "
+                         "target 0.850); theta_o holds less of the forget set than designed, so there is less to unlearn.")
+    sig = [f"{m} {lab}" for k, lab in (("aues", "AUES"), ("mu95", "MU95")) for m in METHODS if tests[m, k]["p_holm"] < 0.05]
+    unc = [f"{m} {lab}" for k, lab in (("aues", "AUES"), ("mu95", "MU95")) for m in METHODS
+           if tests[m, k]["p_t"] < 0.05 <= tests[m, k]["p_holm"]]
+    assert "npo AUES" in sig and "wga AUES" in unc
+    assert limits[2] == ("- Tests: p (paired t) is uncorrected; p (Holm) is corrected over the study's 4 Oracle-vs-Random "
+                         "tests (docs/statistics.md#multiple-comparisons). Significant after Holm: " + ", ".join(sig)
+                         + "; p < 0.05 uncorrected, not after Holm: " + ", ".join(unc) + ".")
+    assert limits[3] == (f"- AUES: npo p = {npo['p_t']:.3f}, Holm {npo['p_holm']:.3f}, MDD {npo['mdd']:.3f} (n=3, sd "
+                         f"{npo['sd_diff']:.3f}); wga p = {wga['p_t']:.3f}, Holm {wga['p_holm']:.3f}, MDD {wga['mdd']:.3f} "
+                         f"(n=3, sd {wga['sd_diff']:.3f}) (p < 0.05 uncorrected, not after Holm).")
+    assert limits[4].startswith("- MU95: npo p = ")
+    assert limits[5] == "- Positive control: detected (paired t p = 0.012; one pre-specified test, not corrected)."
+    # the AUES table: p (Holm) beside p (paired t), and the uncorrected-only test named in its notes
+    for m in METHODS:
+        row = _row(md, m, "| method | AUES Oracle")
+        assert row[6:8] == [f"{tests[m, 'aues']['p_t']:.3f}", f"{tests[m, 'aues']['p_holm']:.3f}"]
+    assert "| p (paired t) | p (Holm) | p (Wilcoxon) |" in md
+    assert "p < 0.05 uncorrected, not after Holm: wga." in md
+
+
+def test_limits_block_names_an_undetected_positive_control(tmp_path):
+    res, _ = _holm_study()
+    res["positive_control"] |= {"detected": False, "p": 0.2}
+    md = build_report(_write(tmp_path, res))["md"].read_text()
+    assert ("- Positive control: **not detected** (paired t p = 0.200): this run cannot see a difference that exists "
+            "by construction, so a null result above says nothing about the paper's question.") in md
+
+
+def test_cli_summary_shows_both_p_and_the_limits(tmp_path, capsys):
+    from loc_unlearn.commands.study import print_controlled_summary as print_summary
+
+    res, tests = _holm_study()
+    res["elapsed_s"] = 3.0
+    print_summary(_write(tmp_path, res))
+    out = capsys.readouterr().out.splitlines()
+    head = next(i for i, ln in enumerate(out) if ln.startswith("method"))
+    assert out[head].split() == ["method", "metric", "oracle", "random", "p(t)", "p(Holm)", "p(W)", "MDD", "(n,", "sd)"]
+    for m in METHODS:
+        for metric in ("aues", "mu95"):
+            t = tests[m, metric]
+            line = next(ln for ln in out if ln.split()[:2] == [m, metric])
+            # after the two "mean ± sd" cells: p(t), then p(Holm)
+            assert line.split()[8:10] == [f"{t['p_t']:.3f}", f"{t['p_holm']:.3f}"]
+    start = out.index("Limits of this run (docs/studies.md#limits-of-a-run):")
+    assert start > max(i for i, ln in enumerate(out) if ln.split()[:1] in (["npo"], ["wga"]))
+    block = out[start + 1:start + 5]
+    assert block[0].startswith("  FQ ceiling: with 40 forget rows per side") and "-22.73" in block[0]
+    assert block[1].startswith("  Injection: 1 of 3 seed(s) reached the target forget ES")
+    assert block[2].startswith("  Tests: p (paired t) is uncorrected; p (Holm) is corrected over the study's 4")
+    assert "p < 0.05 uncorrected, not after Holm: wga AUES" in block[2]
+    assert block[3] == "  Positive control: detected (paired t p = 0.012; one pre-specified test, not corrected)."
+    assert not any("**" in ln for ln in out[start:start + 5])
+
+
+def test_cli_summary_of_an_old_results_file_says_n_a(tmp_path, capsys):
+    from loc_unlearn.commands.study import print_controlled_summary as print_summary
+
+    res = _controlled(False)  # tests without p_holm, no fq_ceiling, no positive control
+    res["elapsed_s"] = 1.0
+    print_summary(_write(tmp_path, res))
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("npo") and "aues" in ln)
+    t = next(t for t in res["tests"] if t["method"] == "npo" and t["metric"] == "aues")
+    assert line.split()[8:10] == [f"{t['p_t']:.3f}", "n/a"]  # after the two "mean ± sd" cells: p(t), p(Holm)
+    assert "  FQ ceiling: not recorded in this results.json" in out
+    assert "  Tests: the p-values are uncorrected; this results.json has no Holm-corrected p" in out

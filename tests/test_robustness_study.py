@@ -165,3 +165,19 @@ def test_mu95_checkpoint_needs_a_checkpoint():
         mu95_checkpoint(_traj([1.0]))
     mixed = [{"step": 0, "MU": 1.0}] + [{"step": j, "MU": 0.1, "mix": j / 10} for j in range(1, 11)]
     assert checkpoint_steps(mixed, [4, 8]) == {"final": {"step": 8}, "mu95": {"step": 8, "reached": None}}
+
+
+def test_robustness_tests_are_their_own_holm_family(study):
+    """The robustness tests carry p_holm = holm() over the robustness tests alone (docs/statistics.md#multiple-comparisons);
+    the headline's tests are a separate family of their own size."""
+    import math
+
+    from loc_unlearn.evaluate.stats import holm
+
+    _, _, res = study
+    for family in (res["robustness"]["tests"], res["tests"]):
+        ps = [t.get("p_t") for t in family]
+        m = sum(isinstance(p, float) and math.isfinite(p) for p in ps)
+        for t, w in zip(family, holm(ps)):
+            assert t["holm_m"] == m
+            assert (math.isnan(t["p_holm"]) and math.isnan(w)) or t["p_holm"] == pytest.approx(w, abs=1e-15)

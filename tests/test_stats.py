@@ -154,3 +154,65 @@ def test_compare_groups_pairs_only_common_seeds():
     assert one["n"] == 1 and math.isnan(one["oracle_std"]) and math.isnan(one["p_t"])
     none = compare_groups(runs, "wga", "mu95")
     assert none["n"] == 0 and none["notes"]
+
+
+# ----------------------------------------------------------------------------- Holm, KS floor (issue 22)
+
+from loc_unlearn.evaluate.stats import holm, ks_min_log10_p, with_holm  # noqa: E402
+
+
+def test_holm_against_a_hand_computation():
+    # m = 4 finite p-values; sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04, and the
+    # running max lifts the last to 0.06 (monotone); the NaN stays NaN and is not counted.
+    got = holm([0.01, 0.04, 0.03, 0.005, float("nan")])
+    assert got[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02]) and math.isnan(got[4])
+    # ties get the same adjusted value (whatever their order): 0.02 x3 = 0.06 twice, then 0.5 x1
+    assert holm([0.02, 0.02, 0.5]) == pytest.approx([0.06, 0.06, 0.5])
+    assert holm([0.5, 0.02, 0.02]) == pytest.approx([0.5, 0.06, 0.06])
+    # capped at 1: 0.6 x2 = 1.2 -> 1, 0.7 x1 = 0.7 -> max(1, 0.7) = 1
+    assert holm([0.6, 0.7]) == [1.0, 1.0]
+    # one test: unchanged; None counts as NaN; all NaN / empty: nothing to correct
+    assert holm([0.03]) == [0.03]
+    assert holm([None, 0.01, 0.04])[1:] == pytest.approx([0.02, 0.04]) and math.isnan(holm([None])[0])
+    assert holm([]) == []
+    with pytest.raises(ValueError):
+        holm([0.5, 1.5])
+
+
+def test_holm_is_monotone_and_never_below_p():
+    rng = np.random.default_rng(5)
+    p = list(rng.uniform(0, 0.2, 12))
+    adj = holm(p)
+    order = np.argsort(p)
+    assert all(adj[i] <= adj[j] for i, j in zip(order, order[1:]))
+    assert all(p_ <= a <= 1 for p_, a in zip(p, adj))
+    assert min(adj) == pytest.approx(12 * min(p))  # the smallest pays the full Bonferroni factor
+
+
+def test_with_holm_counts_the_family_without_untested_entries():
+    tests = [{"method": "npo", "p_t": 0.01}, {"method": "wga", "p_t": float("nan")}, {"method": "rmu"},
+             {"method": "dpo", "p_t": 0.04}]
+    out = with_holm(tests)
+    assert [t["holm_m"] for t in out] == [2, 2, 2, 2]
+    assert out[0]["p_holm"] == pytest.approx(0.02) and out[3]["p_holm"] == pytest.approx(0.04)
+    assert math.isnan(out[1]["p_holm"]) and math.isnan(out[2]["p_holm"])
+    assert tests[0] == {"method": "npo", "p_t": 0.01}  # the input entries are not modified
+
+
+@pytest.mark.parametrize("n,m", [(1, 1), (2, 2), (5, 5), (10, 10), (40, 40), (100, 100), (400, 400), (3, 7), (40, 60)])
+def test_ks_floor_matches_scipy_on_fully_separated_samples(n, m):
+    """The exact formula against scipy's exact two-sample KS test on two samples that do not overlap (D = 1)."""
+    r = stats.ks_2samp(np.arange(n, dtype=float), np.arange(m, dtype=float) + n + 0.5)
+    assert r.statistic == 1.0
+    assert ks_min_log10_p(n, m) == pytest.approx(math.log10(r.pvalue), abs=1e-9)
+    # any overlap is a larger p: the floor is the minimum
+    if n > 1:
+        shifted = stats.ks_2samp(np.arange(n, dtype=float), np.arange(m, dtype=float) + n - 1.5)
+        assert math.log10(shifted.pvalue) > ks_min_log10_p(n, m)
+
+
+def test_ks_floor_values_and_inputs():
+    assert ks_min_log10_p(40) == pytest.approx(math.log10(2 / math.comb(80, 40)))
+    assert ks_min_log10_p(40) == ks_min_log10_p(40, 40)
+    with pytest.raises(ValueError):
+        ks_min_log10_p(0)

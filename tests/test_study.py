@@ -204,3 +204,32 @@ def test_curve_mix_ends_at_the_final_checkpoint(study):
     assert mix[0] == ref["trajectory"][0]
     for k in ("FS", "RS", "MU", "log10_FQ"):
         assert mix[-1][k] == pytest.approx(ref["trajectory"][-1][k], abs=1e-6)
+
+
+def test_tests_carry_holm_over_the_family_and_the_fq_ceiling(study):
+    """Every Oracle-vs-Random test carries p_holm = holm() over all of the study's tests (the headline's family,
+    docs/statistics.md#multiple-comparisons) and the family size; fq_ceiling is the exact KS floor at the number of
+    truth ratios FQ actually compared (theta_r's, the FQ reference), checked against scipy on separated samples."""
+    import math
+
+    import numpy as np
+
+    from loc_unlearn import stages
+    from loc_unlearn.evaluate.stats import holm
+
+    cfg, _, res = study
+    ps = [t.get("p_t") for t in res["tests"]]
+    finite = [p for p in ps if isinstance(p, float) and math.isfinite(p)]
+    assert finite  # 2 seeds that differ: there is something to correct
+    want = holm(ps)
+    for t, w in zip(res["tests"], want):
+        assert t["holm_m"] == len(finite)
+        assert (math.isnan(t["p_holm"]) and math.isnan(w)) or t["p_holm"] == pytest.approx(w, abs=1e-15)
+    smallest = min(range(len(ps)), key=lambda i: ps[i] if ps[i] == ps[i] else 2.0)
+    assert res["tests"][smallest]["p_holm"] == pytest.approx(min(1.0, len(finite) * ps[smallest]))  # by hand
+
+    data = stages.data_source(cfg)
+    n = len(stages.reference_truth_ratios(cfg, data, stages.retain_model(cfg, data)))
+    assert res["fq_ceiling"]["n_forget"] == n == len(data.eval_sets()["forget"])
+    sep = scipy.stats.ks_2samp(np.arange(n, dtype=float), np.arange(n, dtype=float) + n)
+    assert res["fq_ceiling"]["log10_fq_min"] == pytest.approx(math.log10(sep.pvalue), abs=1e-9)

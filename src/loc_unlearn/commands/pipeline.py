@@ -108,7 +108,7 @@ def unlearn(cfg) -> None:
     if model is None:
         raise UserError("unlearn needs model=PATH (e.g. theta_o from `loc-unlearn inject`)")
     data = stages.data_source(cfg)
-    stages.check_data(cfg, data, eval_sets=True)
+    stages.check_data(cfg, data, eval_sets=True, methods=[cfg.unlearn.method])
     theta_r = _reference(cfg) or stages.finetune(cfg, data)
     run = stages.unlearn(cfg, data, model, cfg.unlearn.mask or None, theta_r)
     met = run.metrics()

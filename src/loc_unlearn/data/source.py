@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..utils import log, sha256_file, sha256_json
-from .tofu import load_idk, load_split, retain_split_for
+from .tofu import IDK_FILES, idk_file, load_idk, load_split, retain_split_for
 
 
 EVAL_SETS = {"forget": None, "retain": "retain_perturbed", "real_authors": "real_authors_perturbed",
@@ -45,7 +45,15 @@ class DataSource:
     def retain_rows(self) -> list[dict]:
         return self.rows(self.retain_split)
 
-    def idk(self) -> list[str]:
+    def idk(self, required: bool = False) -> list[str]:
+        """DPO's refusals (docs/data.md#idk-refusals). `required` (a method that trains on them will run): a
+        local folder must hold its own refusal file, or the built-in ones would stand in for the benchmark's
+        unnoticed; a hub id is not searched for one and gets the built-in ones (logged)."""
+        if required and Path(self.path).is_dir() and idk_file(self.path) is None:
+            raise DataError(
+                f"{self.path}: no {' or '.join(IDK_FILES)} with the refusals that DPO prefers over the forget "
+                f"answers (docs/data.md#idk-refusals). Put TOFU's idontknow.jsonl (one refusal per line, shipped "
+                f"with TOFU's code) in that folder, or run without DPO (study.methods, unlearn.method).")
         return load_idk(self.path)
 
     def eval_sets(self) -> dict[str, list[dict]]:

@@ -8,6 +8,10 @@
 - a seeded percentile bootstrap interval of the mean difference (`ci_low`, `ci_high`, docs/statistics.md#bootstrap-interval);
 - the minimum detectable difference (`mdd`, docs/statistics.md#minimum-detectable-difference-mdd) with `n` and `sd_diff` beside it.
 
+`holm(pvalues)` adjusts a family of p-values (docs/statistics.md#multiple-comparisons); `with_holm(tests)` adds
+them to a list of test entries. `ks_min_log10_p(n)` is the lowest log10 p a two-sample KS test can give with
+n values per side: the floor of log10 FQ at a forget set of n rows (docs/metrics.md#fq-ceiling).
+
 Which interval to read: the t interval. The bootstrap keeps its keys for the study design (docs/studies.md#step-4-comparison) and older results, but
 a percentile bootstrap over n seeds only ever sees the n observed differences: with n <= 3 its 2.5% /
 97.5% quantiles are exactly the smallest / largest difference (an all-min resample has probability
@@ -243,3 +247,47 @@ def compare_groups(runs: list[dict], method: str, metric: str, groups: tuple[str
         out[f"{g}_mean"] = float(np.mean(v))
         out[f"{g}_std"] = float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")
     return out
+
+
+def holm(pvalues) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in input order (docs/statistics.md#multiple-comparisons).
+
+    With the m finite p-values sorted, p_(1) <= ... <= p_(m): adjusted p_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)),
+    so adjusted values never decrease with p and never exceed 1, and tied p-values get the same adjusted value.
+    A NaN (or None) p stays NaN and does not count in m: a test that could not be made (one seed, identical
+    values) is not a test the family pays for.
+    """
+    p = [float("nan") if x is None else float(x) for x in pvalues]
+    if any(not (0.0 <= x <= 1.0) for x in p if not math.isnan(x)):
+        raise ValueError(f"holm: p-values must lie in [0, 1], got {p}")
+    order = sorted((i for i, x in enumerate(p) if not math.isnan(x)), key=lambda i: p[i])
+    m = len(order)
+    out = [float("nan")] * len(p)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))  # the max keeps the step-down monotone
+        out[i] = running
+    return out
+
+
+def with_holm(tests: list[dict], key: str = "p_t") -> list[dict]:
+    """`tests` (one family) with `p_holm` = holm() over their `key` p-values and `holm_m` = the family size
+    (tests with a finite p). An entry without `key` (no seed to pair) counts as NaN."""
+    adjusted = holm([t.get(key) for t in tests])
+    m = sum(not math.isnan(a) for a in adjusted)
+    return [t | {"p_holm": a, "holm_m": m} for t, a in zip(tests, adjusted)]
+
+
+def ks_min_log10_p(n: int, m: int | None = None) -> float:
+    """log10 of the smallest two-sided p-value the exact two-sample Kolmogorov-Smirnov test can give with `n`
+    and `m` (default `n`) values (docs/metrics.md#fq-ceiling).
+
+    Under the null every one of the C(n+m, n) orderings of the pooled values is equally likely; the largest
+    statistic, D = 1, occurs only when the two samples are completely separated, in one of 2 orderings, so
+    p_min = 2 / C(n+m, n) (1 when n = m = 1). Computed in logs, because at TOFU's 400 rows it is about 1e-240.
+    """
+    m = n if m is None else m
+    if int(n) != n or int(m) != m or n < 1 or m < 1:
+        raise ValueError(f"ks_min_log10_p: need positive integer sample sizes, got {n!r}, {m!r}")
+    log_binom = math.lgamma(n + m + 1) - math.lgamma(n + 1) - math.lgamma(m + 1)
+    return min(0.0, (math.log(2.0) - log_binom) / math.log(10.0))

@@ -2,7 +2,9 @@
 self-contained file) and report.md (+ plots/*.png). `loc-unlearn report RUN_DIR` rebuilds them (commands/study.py).
 
 The headline comes first: for each unlearning method, Oracle vs Random AUES with the paired-t p-value
-(docs/studies.md#step-4-comparison) or, for the localization benchmark, each localizer against the random mask (docs/studies.md#localization-benchmark).
+before and after Holm's correction (docs/studies.md#step-4-comparison, docs/statistics.md#multiple-comparisons)
+and the limits of the run (docs/studies.md#limits-of-a-run); for the localization benchmark, each localizer
+against the random mask (docs/studies.md#localization-benchmark).
 Optional parts of results.json (localization_check, output_fit, masks, trajectories) are skipped
 when absent; unknown extra fields are ignored.
 """
@@ -230,12 +232,14 @@ def extra_metric_names(res: dict) -> list[str]:
 
 
 def cli_summary(res: dict) -> list[str]:
-    """Plain-text Oracle-vs-Random table for the terminal (the report's numbers, no Markdown). One seed:
-    means without ±, tests as "n/a (1 seed)"."""
+    """Plain-text Oracle-vs-Random table for the terminal (the report's numbers, no Markdown), p(t) beside
+    p(Holm) (docs/statistics.md#multiple-comparisons), then the limits of the run (tables.limits_lines). One
+    seed: means without ±, tests as "n/a (1 seed)"."""
     runs = res["runs"]
     n_seeds = len({r["seed"] for r in runs})
     lines = [f"Oracle vs Random ({n_seeds} seed{'s' if n_seeds != 1 else ''}, preset {res.get('preset') or 'n/a'}):",
-             f"{'method':8s} {'metric':6s} {'oracle':>16s} {'random':>16s} {'p(t)':>13s} {'p(W)':>13s}  MDD (n, sd)"]
+             f"{'method':8s} {'metric':6s} {'oracle':>16s} {'random':>16s} {'p(t)':>13s} {'p(Holm)':>13s} {'p(W)':>13s}"
+             "  MDD (n, sd)"]
     censored = []
     for m in methods_of(runs):
         for metric in ("aues", "mu95", *extra_metric_names(res)):
@@ -244,11 +248,13 @@ def cli_summary(res: dict) -> list[str]:
             cells = [fmt_ms(list(by_seed(runs, m, reg, metric).values()), nd) for reg in REGIONS]
             n = t.get("n")
             lines.append(f"{m:8s} {metric:6s} {cells[0]:>16s} {cells[1]:>16s} {fmt_p(t.get('p_t'), n):>13s} "
-                         f"{fmt_p(t.get('p_wilcoxon'), n):>13s}  {fmt_mdd(t, nd)}")
+                         f"{fmt_p(t.get('p_holm'), n):>13s} {fmt_p(t.get('p_wilcoxon'), n):>13s}  {fmt_mdd(t, nd)}")
             nc = t.get("n_censored")
             if isinstance(nc, dict) and any(nc.values()):
                 censored.append(f"{m} " + ", ".join(f"{g} {c}/{n}" for g, c in nc.items()))
     if censored:
         lines.append("MU95 censored (MU never fell below 0.95 MU0; tests treat the last value as observed): "
                      + "; ".join(censored))
+    limits = [ln.replace("**", "") for ln in tables.limits_lines(res, per_test=False)]
+    lines += [limits[0]] + [f"  {ln}" for ln in limits[1:]]
     return lines + robustness.cli_lines(res)

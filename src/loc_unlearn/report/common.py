@@ -60,6 +60,19 @@ def fmt_wilcoxon(t: dict) -> str:
     return fmt_p(p) + (f" (min {fmt_p(lo)})" if isnum(lo) and lo >= ALPHA else "")
 
 
+def only_uncorrected(t: dict) -> bool:
+    """p < ALPHA before Holm's correction and not after it (docs/statistics.md#multiple-comparisons)."""
+    return isnum(t.get("p_t")) and isnum(t.get("p_holm")) and t["p_t"] < ALPHA <= t["p_holm"]
+
+
+UNCORRECTED = f"p < {ALPHA} uncorrected, not after Holm"
+
+
+def holm_m(res: dict):
+    """The size of the headline's Holm family (`holm_m` of the study's tests), None for a results.json without it."""
+    return next((t["holm_m"] for t in res.get("tests") or [] if isinstance(t.get("holm_m"), int)), None)
+
+
 def mean_std(xs: list[float]) -> tuple[float, float]:
     """Mean and sample std (ddof=1, like the study's tests entries); std 0 for one value."""
     a = np.asarray([x for x in xs if isnum(x)], dtype=float)

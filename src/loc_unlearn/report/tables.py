@@ -8,39 +8,61 @@ log10 FQ) 2 decimals. One seed prints as a plain value ("n/a (1 seed)" for tests
 """
 from __future__ import annotations
 
-from .common import (ALPHA, BOOT_HEADER, CI_HEADER, MDD_HEADER, MU95_MARK, POWER_LABEL, REGIONS, Table, by_seed,
-                     fmt, fmt_interval, fmt_mdd, fmt_ms, fmt_p, fmt_wilcoxon, isnum, mean_std, methods_of, paired)
+from .common import (ALPHA, BOOT_HEADER, CI_HEADER, MDD_HEADER, MU95_MARK, POWER_LABEL, REGIONS, UNCORRECTED, Table,
+                     by_seed, fmt, fmt_interval, fmt_mdd, fmt_ms, fmt_p, fmt_wilcoxon, holm_m, isnum, mean_std,
+                     methods_of, only_uncorrected, paired)
+
+# The paper's MU95 values on TOFU forget10 (docs/metrics.md#paper-reference-values, Table 1), for scale.
+PAPER_MU95 = "-14.87 to -16.84"
 
 # ----------------------------------------------------------------------------- controlled study
 
 
 def controlled_headline(res: dict) -> list[str]:
-    """One line per method: Oracle vs Random AUES, p (paired t), significant at ALPHA or not."""
-    lines, n_sig, n_tested = [], 0, 0
+    """One line per method: Oracle vs Random AUES, p (paired t) and, where the study recorded it, p after
+    Holm's correction over its tests (docs/statistics.md#multiple-comparisons); significant at ALPHA only
+    after Holm, and a p below ALPHA only before it called what it is. Then the limits of the run."""
+    lines, n_sig, n_unc, n_tested = [], 0, 0, 0
+    m_holm = holm_m(res)
     for m in methods_of(res["runs"]):
         o = list(by_seed(res["runs"], m, "oracle", "aues").values())
         r = list(by_seed(res["runs"], m, "random", "aues").values())
         t = paired(res, m, "aues")
-        p, n = t.get("p_t"), t.get("n")
+        p, n, ph = t.get("p_t"), t.get("n"), t.get("p_holm")
         if isnum(p):
             n_tested += 1
-            n_sig += p < ALPHA
-            verdict = (f"**significant** at {ALPHA}" if p < ALPHA else f"not significant at {ALPHA}")
+            if isnum(ph):
+                n_sig += ph < ALPHA
+                n_unc += only_uncorrected(t)
+                verdict = (f"**significant** at {ALPHA} after Holm" if ph < ALPHA else UNCORRECTED if p < ALPHA
+                           else f"not significant at {ALPHA}")
+            else:  # an older results.json: no correction recorded, so say the p is uncorrected
+                n_sig += p < ALPHA
+                verdict = (f"**significant** at {ALPHA} uncorrected (no Holm p recorded)" if p < ALPHA
+                           else f"not significant at {ALPHA}")
         elif isinstance(n, int) and n < 2:
             verdict = f"not testable ({n} seed)"
         else:
             verdict = "not testable (identical values)"
         better = "Oracle" if mean_std(o)[0] > mean_std(r)[0] else "Random"
+        holm_part = f", Holm p = {fmt_p(ph, n)} ({t.get('holm_m')} tests)" if isnum(ph) else ""
         line = (f"**{m}**: AUES Oracle {fmt(mean_std(o)[0])} vs Random {fmt(mean_std(r)[0])} "
-                f"(diff {fmt(t.get('mean_diff'))}, {better} higher), paired t p = {fmt_p(p, n)}: {verdict}")
+                f"(diff {fmt(t.get('mean_diff'))}, {better} higher), paired t p = {fmt_p(p, n)}{holm_part}: {verdict}")
         if isnum(t.get("mdd")) and isinstance(n, int) and n >= 2 and t.get("sd_diff") != 0:
             line += (f"; a difference of {fmt(t['mdd'])} or more would have been detected "
                      f"(n={n}, sd {fmt(t.get('sd_diff'))}, power {POWER_LABEL})")
         lines.append(line + ".")
     n_seeds = len({r["seed"] for r in res["runs"]})
+    if not n_tested:
+        verdict = "no method could be tested (a paired t-test needs 2+ seeds that differ)."
+    elif m_holm is not None:
+        verdict = (f"the difference in AUES is significant after Holm's correction over the study's {m_holm} tests for "
+                   f"{n_sig} of {n_tested} tested method(s)"
+                   + (f"; {n_unc} more at {UNCORRECTED}." if n_unc else "."))
+    else:
+        verdict = f"the difference in AUES is significant (uncorrected p < {ALPHA}) for {n_sig} of {n_tested} tested method(s)."
     summary = (f"Oracle (the injected region V_tgt) vs Random (a disjoint region of the same size), {n_seeds} "
-               f"seed(s): " + (f"the difference in AUES is significant for {n_sig} of {n_tested} tested method(s)."
-                              if n_tested else "no method could be tested (a paired t-test needs 2+ seeds that differ)."))
+               f"seed(s): " + verdict)
     if n_tested and n_sig == 0:
         summary += " Knowing where the knowledge was put did not make unlearning it measurably better."
     short = [str(r.get("seed")) for r in res.get("injection") or [] if not r.get("reached")]
@@ -48,7 +70,78 @@ def controlled_headline(res: dict) -> list[str]:
         lines.append(f"Caution: injection did not reach its target ES for seed(s) {', '.join(short)} (see the injection table).")
     if isinstance(res.get("positive_control"), dict):
         lines.append(positive_control_line(res["positive_control"]))
-    return [summary] + lines
+    return [summary] + lines + limits_lines(res)
+
+
+def _metrics_of(res: dict) -> list[tuple[str, str]]:
+    """(name, label) of the headline's tested metrics: AUES, MU95 and the extra metrics."""
+    return [("aues", "AUES"), ("mu95", "MU95")] + [(m["name"], m["label"]) for m in res.get("metrics") or []]
+
+
+def limits_lines(res: dict, per_test: bool = True) -> list[str]:
+    """"Limits of this run" (docs/studies.md#limits-of-a-run): what a result of this run can and cannot say,
+    so a null on a small testbed is not read as the paper's finding. The FQ ceiling at this forget size, the
+    injection reached vs its target, the tests' p before and after Holm with their MDD (`per_test`: one line
+    per metric; the terminal has them in its table), and the positive control."""
+    out = ["**Limits of this run** (docs/studies.md#limits-of-a-run):"]
+    fq = res.get("fq_ceiling")
+    if isinstance(fq, dict) and isnum(fq.get("log10_fq_min")):
+        line = (f"FQ ceiling: with {fq.get('n_forget')} forget rows per side, the KS test behind FQ cannot give a "
+                f"log10 FQ below {fmt(fq['log10_fq_min'], 2)} (truth ratios fully separated, D = 1; "
+                "docs/metrics.md#fq-ceiling), and values near it cannot tell models apart; the paper's MU95 values "
+                f"({PAPER_MU95}) come from TOFU forget10's 400 rows (docs/metrics.md#paper-reference-values).")
+    else:
+        line = "FQ ceiling: not recorded in this results.json (docs/metrics.md#fq-ceiling)."
+    start = {r["seed"]: r["trajectory"][0].get("log10_FQ") for r in res["runs"] if r.get("trajectory")}
+    start = [v for v in start.values() if isnum(v)]
+    if start:  # every run's first point is theta_o: where log10 FQ starts before any unlearning
+        line += f" theta_o starts at log10 FQ {fmt(mean_std(start)[0], 2)} (mean over {len(start)} seed(s))."
+    out.append(line)
+    inj = res.get("injection") or []
+    if inj:
+        reached = sum(bool(r.get("reached")) for r in inj)
+        targets = sorted({fmt(r.get("target_es")) for r in inj})
+        line = (f"Injection: {reached} of {len(inj)} seed(s) reached the target forget ES (forget ES "
+                + " / ".join(fmt(r.get("forget_es")) for r in inj) + f" vs target {' / '.join(targets)})")
+        out.append(line + ("; theta_o holds less of the forget set than designed, so there is less to unlearn."
+                           if reached < len(inj) else "."))
+    else:
+        out.append("Injection: not recorded in this results.json.")
+    m_holm = holm_m(res)
+    tests = [(m, name, label, paired(res, m, name)) for name, label in _metrics_of(res) for m in methods_of(res["runs"])]
+    if m_holm == 0:
+        out.append("Tests: no Oracle-vs-Random test had a p (a paired t-test needs 2+ seeds that differ).")
+    elif m_holm is not None:
+        unc = [f"{m} {label}" for m, _, label, t in tests if only_uncorrected(t)]
+        sig = [f"{m} {label}" for m, _, label, t in tests if isnum(t.get("p_holm")) and t["p_holm"] < ALPHA]
+        out.append(f"Tests: p (paired t) is uncorrected; p (Holm) is corrected over the study's {m_holm} Oracle-vs-Random "
+                   "tests (docs/statistics.md#multiple-comparisons). Significant after Holm: "
+                   + (", ".join(sig) or "none") + (f"; {UNCORRECTED}: {', '.join(unc)}." if unc else "."))
+    else:
+        out.append("Tests: the p-values are uncorrected; this results.json has no Holm-corrected p "
+                   "(docs/statistics.md#multiple-comparisons).")
+    if per_test:
+        for name, label in _metrics_of(res):
+            nd = 2 if name == "mu95" else 3
+            cells = []
+            for m, tname, _, t in tests:
+                if tname != name or not t:
+                    continue
+                n = t.get("n")
+                cells.append(f"{m} p = {fmt_p(t.get('p_t'), n)}, Holm {fmt_p(t.get('p_holm'), n)}, MDD {fmt_mdd(t, nd)}"
+                             + (f" ({UNCORRECTED})" if only_uncorrected(t) else ""))
+            if cells:
+                out.append(f"{label}: " + "; ".join(cells) + ".")
+    pc = res.get("positive_control")
+    if isinstance(pc, dict):
+        n = (pc.get("test") or {}).get("n")
+        out.append(f"Positive control: detected (paired t p = {fmt_p(pc.get('p'), n)}; one pre-specified test, not "
+                   "corrected)." if pc.get("detected") else
+                   f"Positive control: **not detected** (paired t p = {fmt_p(pc.get('p'), n)}): this run cannot see a "
+                   "difference that exists by construction, so a null result above says nothing about the paper's question.")
+    else:
+        out.append("Positive control: not in this results.json, so nothing shows this run could detect a real difference.")
+    return out
 
 
 def comparison_table(res: dict, metric: str) -> Table:
@@ -57,7 +150,7 @@ def comparison_table(res: dict, metric: str) -> Table:
     evaluate.stats for why it is not a 95% CI at n <= 5), the minimum detectable difference (docs/statistics.md#minimum-detectable-difference-mdd)
     and, for MU95, how many values are censored (MU never fell below 0.95 MU0, docs/statistics.md#censoring)."""
     nd = 2 if metric == "mu95" else 3
-    rows, notes, censored_any = [], [], False
+    rows, notes, censored_any, uncorrected = [], [], False, []
     for m in methods_of(res["runs"]):
         cells = [m]
         for reg in REGIONS:
@@ -77,7 +170,10 @@ def comparison_table(res: dict, metric: str) -> Table:
         else:
             ci = fmt_interval(t.get("t_ci_low"), t.get("t_ci_high"), nd)
             boot = fmt_interval(t.get("ci_low"), t.get("ci_high"), nd)
-        cells += [fmt(t.get("mean_diff"), nd), ci, boot, fmt_p(t.get("p_t"), n), fmt_wilcoxon(t), fmt_mdd(t, nd), str(n)]
+        cells += [fmt(t.get("mean_diff"), nd), ci, boot, fmt_p(t.get("p_t"), n), fmt_p(t.get("p_holm"), n),
+                  fmt_wilcoxon(t), fmt_mdd(t, nd), str(n)]
+        if only_uncorrected(t):
+            uncorrected.append(m)
         if metric == "mu95":
             nc = t.get("n_censored") or {}
             if isinstance(nc, dict) and nc:
@@ -89,7 +185,7 @@ def comparison_table(res: dict, metric: str) -> Table:
     name = {"aues": "AUES", "mu95": "MU95"}.get(metric) or next(
         (m["label"] for m in res.get("metrics") or [] if m["name"] == metric), metric)
     headers = ["method", f"{name} Oracle", f"{name} Random", "diff (O-R)", CI_HEADER, BOOT_HEADER, "p (paired t)",
-               "p (Wilcoxon)", MDD_HEADER, "seeds"] + (["censored (O / R)"] if metric == "mu95" else [])
+               "p (Holm)", "p (Wilcoxon)", MDD_HEADER, "seeds"] + (["censored (O / R)"] if metric == "mu95" else [])
     out = Table(headers, rows)
     if notes:
         out.notes.append(f"{MU95_MARK} MU never fell below 0.95 MU(theta_0) (the last point's log10 FQ is used) in: "
@@ -97,6 +193,16 @@ def comparison_table(res: dict, metric: str) -> Table:
     if censored_any:
         out.notes.append("Censored MU95 values (†) are in the tests: the paired t-test, Wilcoxon and MDD above treat "
                          "the last point's value as if MU95 had been observed, so read those p-values with care.")
+    m_holm = holm_m(res)
+    if m_holm is None:
+        out.notes.append("p (paired t) is uncorrected; p (Holm): n/a, this results.json has no Holm-corrected p "
+                         "(docs/statistics.md#multiple-comparisons).")
+    elif m_holm == 0:
+        out.notes.append("p (Holm): no test of this study had a p to correct.")
+    else:
+        out.notes.append(f"p (paired t) is uncorrected; p (Holm) is it after Holm's correction over the study's {m_holm} "
+                         "Oracle-vs-Random tests (every method and metric; docs/statistics.md#multiple-comparisons)"
+                         + (f". {UNCORRECTED}: {', '.join(uncorrected)}." if uncorrected else "."))
     out.notes.append(f"{CI_HEADER}: mean difference ± t(0.975, n-1) sd/sqrt(n). {BOOT_HEADER}: 2.5%-97.5% quantiles "
                      "of the mean over resampled seeds (docs/statistics.md#bootstrap-interval); it only sees the observed differences (with 3 seeds "
                      "it is exactly their [min, max]), so at few seeds it is narrower than a 95% CI.")

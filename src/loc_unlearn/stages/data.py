@@ -10,6 +10,7 @@ from ..config import Config
 from ..data.source import DataSource, folder_fingerprint
 from ..data.synthetic import GENERATOR_VERSION, write_world
 from ..errors import DataError
+from ..registry import OBJECTIVES
 from ..runs import Run, cached
 
 
@@ -61,13 +62,19 @@ def replay_rows(cfg: Config, data: DataSource) -> list[dict]:
                         f"keep general knowledge; set finetune.replay_split= to turn it off): {e}") from None
 
 
-def check_data(cfg: Config, data: DataSource, *splits: str, eval_sets: bool = False) -> None:
+def needs_refusals(methods) -> bool:
+    """Whether one of these unlearning methods trains on refusals (DPO: the objective's needs_idk)."""
+    return any(OBJECTIVES.get(m).needs_idk for m in methods)
+
+
+def check_data(cfg: Config, data: DataSource, *splits: str, eval_sets: bool = False, methods=()) -> None:
     """Read every split a command will use before it does any work, so a broken or missing file is named
     at once, not after hours of training (issue 14): the forget and retain splits, the fine-tuning replay
-    split, the DPO refusals, `splits` (e.g. 'full') and, with `eval_sets`, the evaluation sets (docs/data.md#evaluation-sets)."""
+    split, the DPO refusals (a local folder must hold them when one of `methods` trains on them),
+    `splits` (e.g. 'full') and, with `eval_sets`, the evaluation sets (docs/data.md#evaluation-sets)."""
     for split in (data.forget_split, data.retain_split, *splits):
         data.rows(split)
     replay_rows(cfg, data)
-    data.idk()
+    data.idk(required=needs_refusals(methods))
     if eval_sets:
         data.eval_sets()

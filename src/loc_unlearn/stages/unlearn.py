@@ -36,7 +36,8 @@ def unlearn(cfg: Config, data: DataSource, model: ModelRef, mask_path: str | Pat
         retain = data.retain_rows()
         hp = hparams_from(ucfg)
         res = loop.train(m, tok, forget, retain, ucfg.method, ucfg.train, p / "train", mask=mask, hparams=hp,
-                         idk=data.idk(), device=cfg.device)
+                         idk=data.idk(required=OBJECTIVES.get(ucfg.method).needs_idk),
+                         device=cfg.device)
         m = res.model  # theta_K, merged (a new object only under a sharding engine)
         sets = data.eval_sets()
         points = [Point.from_metrics(0, m0)]

@@ -65,6 +65,9 @@ def study_key(cfg: Config, name: str, data: DataSource) -> dict:
     config["model"] = {k: v for k, v in config["model"].items() if k != "arch"}
     # when SLURM signals a job only decides where it is requeued, and study keys stay as they were before it
     config["study"] = {k: v for k, v in config["study"].items() if k != "slurm_signal_delay_s"}
+    # a local data folder is named by its content (key["data"]), not by its path
+    if cfg.data.source != "synthetic" and Path(cfg.data.source).is_dir():
+        config["data"] = config["data"] | {"source": "folder"}
     key = {"study": name, "config": config | {"runs_dir": "", "out": "", "input_model": ""},
            "data": data.fingerprint}
     if cfg.plugins:  # a changed plug-in file is another study (its methods' own runs are keyed by it too)
@@ -91,7 +94,8 @@ def run_study(cfg: Config, study: Study) -> Path:
     key = study_key(cfg, study.name, data)
 
     def build(p: Path) -> dict:
-        stages.check_data(cfg, data, *study.splits, eval_sets=True)  # every split the study reads, before any work
+        # every split the study reads, and the refusals when one of its methods trains on them, before any work
+        stages.check_data(cfg, data, *study.splits, eval_sets=True, methods=cfg.study.methods)
         study.inputs(cfg, data)
         outputs = {w.name: execute(cfg, w.job, w.specs, w.name) for w in study.waves}
         res = {"study": study.name, "preset": cfg.preset, "config": key["config"],

@@ -11,11 +11,13 @@ building theta_o per seed, then one wave of unlearning runs, then gathering and 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from .. import stages
 from ..config import REGIONS, Config, method_config
 from ..data.source import DataSource
-from ..evaluate.stats import compare_groups
+from ..evaluate.stats import compare_groups, ks_min_log10_p, with_holm
+from ..evaluate.tofu import FQ_FLOOR
 from ..masks.diagnostics import concentrated
 from ..masks.mask import Mask
 from . import common, robustness
@@ -92,12 +94,14 @@ def gather(cfg: Config, data: DataSource, outputs: dict[str, list[dict]]) -> dic
                           "norm_ratio": pr["theta_o"].run.metrics().get("norm_ratio", {}).get("theta_o", {}).get("overall")}
                          for pr in preps],
            "runs": runs, "tests": paired_tests(runs, cfg.study.methods, cfg.eval.metrics),
+           "fq_ceiling": fq_ceiling(len(data.eval_sets()["forget"])),
            "masks": [{"seed": pr["seed"], "name": r, "per_layer_counts": Mask.load(pr["masks"][r]).per_layer_counts()}
                      for pr in preps for r in REGIONS]}
     if robustness.enabled(cfg):
         rows = [row for job in outputs["robustness attacks"] for row in job["rows"]]
-        res["robustness"] = robustness.section(cfg, rows, outputs["quantization references"],
-                                               robustness.paired_tests(rows, cfg.study.methods, robustness.settings(cfg)))
+        # the robustness tests are their own Holm family (docs/statistics.md#multiple-comparisons)
+        tests = with_holm(robustness.paired_tests(rows, cfg.study.methods, robustness.settings(cfg)))
+        res["robustness"] = robustness.section(cfg, rows, outputs["quantization references"], tests)
     if cfg.study.localizers:
         res["localization_check"] = [row for pr in preps[:1] for row in localization_check(cfg, data, pr)]
     if cfg.study.output_fit:
@@ -109,8 +113,16 @@ def gather(cfg: Config, data: DataSource, outputs: dict[str, list[dict]]) -> dic
 def paired_tests(runs: list[dict], methods: list[str], extra: list[str] = ()) -> list[dict]:
     """Oracle vs Random per (method, metric), paired by seed (docs/studies.md#step-4-comparison), with t interval, MDD (docs/statistics.md#minimum-detectable-difference-mdd)
     and MU95 censoring counts: evaluate.stats.compare_groups. `extra`: the eval.metrics, each at the runs'
-    last fully evaluated point."""
-    return [compare_groups(runs, m, metric) for m in methods for metric in ("aues", "mu95", *extra)]
+    last fully evaluated point. These tests are the headline's family: each carries `p_holm`, Holm over all
+    of them, and `holm_m`, the family size (docs/statistics.md#multiple-comparisons)."""
+    return with_holm([compare_groups(runs, m, metric) for m in methods for metric in ("aues", "mu95", *extra)])
+
+
+def fq_ceiling(n_forget: int) -> dict:
+    """results.json `fq_ceiling` (docs/metrics.md#fq-ceiling): the lowest log10 FQ this run can report with
+    `n_forget` forget rows per side, the exact KS floor (fully separated truth ratios), or FQ's own floor
+    (1e-300) where that is higher (from about 500 rows per side)."""
+    return {"n_forget": n_forget, "log10_fq_min": max(ks_min_log10_p(n_forget), math.log10(FQ_FLOOR))}
 
 
 def localization_check(cfg: Config, data: DataSource, prep: dict) -> list[dict]:
