@@ -611,3 +611,27 @@ def test_cli_summary_of_an_old_results_file_says_n_a(tmp_path, capsys):
     assert line.split()[8:10] == [f"{t['p_t']:.3f}", "n/a"]  # after the two "mean ± sd" cells: p(t), p(Holm)
     assert "  FQ ceiling: not recorded in this results.json" in out
     assert "  Tests: the p-values are uncorrected; this results.json has no Holm-corrected p" in out
+
+
+def test_robustness_section_reads_significance_from_holm(tmp_path):
+    """With the robustness family's Holm-corrected p (as the controlled study stores it), the headline line,
+    the tests table and the terminal table show it beside p (paired t), and only p (Holm) makes a test
+    'significant'; a test below 0.05 only uncorrected says so."""
+    from loc_unlearn.evaluate.stats import holm
+    from loc_unlearn.report.robustness import cli_lines
+
+    seeds = (0, 1, 2)
+    res = _controlled(False, seeds=seeds)
+    res["robustness"] = rob = _robustness("controlled", ("oracle", "random"), seeds, np.random.default_rng(3))
+    ps = [0.001, 0.03] + [0.5] * (len(rob["tests"]) - 2)  # one survives Holm, one does not
+    for t, p, ph in zip(rob["tests"], ps, holm(ps)):
+        t.update(p_t=p, p_holm=ph, holm_m=len(ps))
+    md = build_report(_write(tmp_path, res))["md"].read_text()
+    rows = [r for r in md.splitlines() if r.startswith("| ") and "| p (Holm) |" not in r]
+    first, second = rob["tests"][0], rob["tests"][1]
+    assert holm(ps)[0] < 0.05 <= holm(ps)[1]
+    for t, verdict in ((first, "significant at 0.05 after Holm"), (second, "p < 0.05 uncorrected, not after Holm")):
+        cells = next(r for r in rows if f"| {t['method']} |" in r and f"| {t['p_t']:.3f} | {t['p_holm']:.3f} |" in r)
+        assert cells.rstrip(" |").endswith(verdict), cells
+    head = next(ln for ln in cli_lines(res) if "p(Holm)" in ln)
+    assert head.index("p(t)") < head.index("p(Holm)")

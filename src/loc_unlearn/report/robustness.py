@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .common import (ALPHA, BOOT_HEADER, CI_HEADER, MDD_HEADER, POWER_LABEL, REGIONS, Table, fmt, fmt_interval,
-                     fmt_mdd, fmt_ms, fmt_p, fmt_wilcoxon, isnum, mean_std, methods_of)
+                     UNCORRECTED, fmt_mdd, fmt_ms, fmt_p, fmt_wilcoxon, isnum, mean_std, methods_of)
 
 UNDERPOWERED_MDD = 0.1
 """A non-significant test whose MDD exceeds this is called underpowered: R and FS share the 0-to-1 scale,
@@ -55,11 +55,18 @@ def _label(spec: dict) -> str:
 
 
 def verdict(t: dict) -> str:
-    """'significant' / 'not significant' / 'underpowered' (not significant, MDD > UNDERPOWERED_MDD) / 'not testable'."""
+    """'significant' / 'not significant' / 'underpowered' (not significant, MDD > UNDERPOWERED_MDD) / 'not testable'.
+    With a Holm-corrected p (the robustness family, docs/statistics.md#multiple-comparisons) significance is read
+    from it, and a test significant only uncorrected says so."""
     p, n, mdd = t.get("p_t"), t.get("n"), t.get("mdd")
     if not isnum(p):
         return f"not testable ({n} seed)" if isinstance(n, int) and n < 2 else "not testable"
-    if p < ALPHA:
+    if isnum(t.get("p_holm")):
+        if t["p_holm"] < ALPHA:
+            return f"significant at {ALPHA} after Holm"
+        if p < ALPHA:
+            return UNCORRECTED
+    elif p < ALPHA:
         return f"significant at {ALPHA}"
     return "underpowered" if isnum(mdd) and mdd > UNDERPOWERED_MDD else f"not significant at {ALPHA}"
 
@@ -79,7 +86,8 @@ def headline(res: dict) -> list[str]:
         line = f"**{m}**: after {spec['k']} relearning steps ({spec['variant']}) " + " vs ".join(cells)
         t = test_of(res, "final", m, spec["metric"])
         if t:
-            line += f" (p = {fmt_p(t.get('p_t'), t.get('n'))}; MDD {fmt(t.get('mdd'), 2)}): {verdict(t)}"
+            holm = f", Holm {fmt_p(t.get('p_holm'), t.get('n'))}" if isnum(t.get("p_holm")) else ""
+            line += f" (p = {fmt_p(t.get('p_t'), t.get('n'))}{holm}; MDD {fmt(t.get('mdd'), 2)}): {verdict(t)}"
         lines.append(line + ".")
     return lines
 
@@ -139,14 +147,16 @@ def tests_table(res: dict) -> Table | None:
                              fmt_ms(values(res, m, "random", ck, spec["metric"])), fmt(t.get("mean_diff")),
                              fmt_p(None, n) if few else fmt_interval(t.get("t_ci_low"), t.get("t_ci_high")),
                              fmt_p(None, n) if few else fmt_interval(t.get("ci_low"), t.get("ci_high")),
-                             fmt_p(t.get("p_t"), n), fmt_wilcoxon(t) if t else "n/a", fmt_mdd(t) if t else "n/a",
-                             verdict(t) if t else "n/a"])
+                             fmt_p(t.get("p_t"), n), fmt_p(t.get("p_holm"), n), fmt_wilcoxon(t) if t else "n/a",
+                             fmt_mdd(t) if t else "n/a", verdict(t) if t else "n/a"])
     notes = [f"Paired over seeds as in docs/statistics.md#pairing (diff = Oracle - Random). MDD: a true difference of this size or more "
              f"would have been detected by the two-sided paired t-test at {ALPHA} with power {POWER_LABEL}, given n "
              f"and the sd of the per-seed differences (docs/statistics.md#minimum-detectable-difference-mdd); 'underpowered' = not significant with an MDD above "
              f"{UNDERPOWERED_MDD}, so a non-significant p says little about differences that size."]
     return Table(["checkpoint", "method", "metric", "Oracle", "Random", "diff (O-R)", CI_HEADER, BOOT_HEADER,
-                  "p (paired t)", "p (Wilcoxon)", MDD_HEADER, "verdict"], rows, notes)
+                  "p (paired t)", "p (Holm)", "p (Wilcoxon)", MDD_HEADER, "verdict"], rows,
+                 notes + ["p (Holm): corrected over the robustness tests of this study, a family of their own "
+                          "(docs/statistics.md#multiple-comparisons); n/a in results written before the correction."])
 
 
 def recovery_curves(res: dict):
@@ -215,13 +225,14 @@ def cli_lines(res: dict) -> list[str]:
     groups = groups_of(res)
     lines = ["", f"Robustness (docs/attacks.md, final checkpoint; {r['settings'].get('level')}):",
              f"{'method':8s} {'metric':10s} " + " ".join(f"{g[:14]:>14s}" for g in groups)
-             + (f" {'p(t)':>13s}  MDD (n, sd)" if r.get("tests") else "")]
+             + (f" {'p(t)':>13s} {'p(Holm)':>13s}  MDD (n, sd)" if r.get("tests") else "")]
     for m in methods_of(r["runs"]):
         for spec in r.get("metrics") or []:
             cells = [fmt_ms(values(res, m, g, "final", spec["metric"]), 2) for g in groups]
             line = f"{m:8s} {_label(spec):10s} " + " ".join(f"{c:>14s}" for c in cells)
             if r.get("tests"):
                 t = test_of(res, "final", m, spec["metric"])
-                line += f" {fmt_p(t.get('p_t'), t.get('n')):>13s}  {fmt_mdd(t, 2) if t else 'n/a'}"
+                line += (f" {fmt_p(t.get('p_t'), t.get('n')):>13s} {fmt_p(t.get('p_holm'), t.get('n')):>13s}  "
+                         f"{fmt_mdd(t, 2) if t else 'n/a'}")
             lines.append(line)
     return lines
