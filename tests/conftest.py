@@ -68,3 +68,21 @@ def memorized():
     import helpers
 
     return helpers.memorized_model()
+
+
+@pytest.fixture
+def builtin_methods_only():
+    """The test starts and ends with the built-in methods only: plug-ins it loads (in this process, CLI
+    included) are dropped afterwards, so no test sees another's."""
+    from loc_unlearn import plugins
+    from loc_unlearn.registry import REGISTRIES
+
+    plugins.load_builtins()
+    before = {k: dict(r) for k, r in REGISTRIES.items()}
+    loaded = dict(plugins._LOADED)
+    yield
+    for k, reg in REGISTRIES.items():
+        reg.clear()
+        reg.update(before[k])
+    plugins._LOADED.clear()
+    plugins._LOADED.update(loaded)

@@ -13,7 +13,7 @@ from loc_unlearn.config import EvalConfig, LocalizeConfig, TrainConfig, build_co
 from loc_unlearn.errors import ConfigError
 from loc_unlearn.evaluate.tofu import evaluate_model
 from loc_unlearn.masks.localize import localize, score
-from loc_unlearn.models.value_vectors import shape, value_matrix
+from loc_unlearn.models.value_vectors import value_matrix
 from loc_unlearn.registry import LOCALIZERS, METRICS, OBJECTIVES, REGISTRIES
 from loc_unlearn.train.loop import train
 from loc_unlearn.train.objectives import hparams_from, resolve_hparams
@@ -57,18 +57,7 @@ def down_norm(model, tokenizer, eval_sets, eval_cfg):
 '''
 
 
-@pytest.fixture(autouse=True)
-def forget_plugins():
-    """Each test starts and ends with the built-in methods only."""
-    plugins.load_builtins()
-    before = {k: dict(r) for k, r in REGISTRIES.items()}
-    loaded = dict(plugins._LOADED)
-    yield
-    for k, reg in REGISTRIES.items():
-        reg.clear()
-        reg.update(before[k])
-    plugins._LOADED.clear()
-    plugins._LOADED.update(loaded)
+pytestmark = pytest.mark.usefixtures("builtin_methods_only")  # conftest.py: plug-ins never leak between tests
 
 
 def write(tmp_path, name, text):

@@ -6,15 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
-from loc_unlearn import plugins, stages
+from loc_unlearn import stages
 from loc_unlearn.cli import main
 from loc_unlearn.masks.mask import Mask
 from loc_unlearn.models.load import load_model
 from loc_unlearn.models.value_vectors import value_matrix
-from loc_unlearn.registry import REGISTRIES
 
 from helpers import MINI
 
@@ -44,18 +42,7 @@ def down_norm(model, tokenizer, eval_sets, eval_cfg):
 '''
 
 
-@pytest.fixture(autouse=True)
-def builtins_only():
-    """Each test starts and ends with the built-in methods only (the CLI runs in this process)."""
-    plugins.load_builtins()
-    before = {k: dict(r) for k, r in REGISTRIES.items()}
-    loaded = dict(plugins._LOADED)
-    yield
-    for k, reg in REGISTRIES.items():
-        reg.clear()
-        reg.update(before[k])
-    plugins._LOADED.clear()
-    plugins._LOADED.update(loaded)
+pytestmark = pytest.mark.usefixtures("builtin_methods_only")  # conftest.py; the CLI runs in this process
 
 
 def _down_norm(path) -> float:
