@@ -72,10 +72,12 @@ def _group_usage(group: str) -> str:
 
 
 def _plugins_named(args: list[str]) -> list[str]:
-    """plugins=a.py,b.py (or [a.py]) on the command line, for --help; the config parser reads it for runs."""
+    """plugins= on the command line, for --help (read by the config's own coercion, as for a run)."""
+    from .config import Config, apply_override
+
     for a in args:
         if a.startswith("plugins="):
-            return [p for p in a.split("=", 1)[1].strip("[]").split(",") if p.strip()]
+            return apply_override(Config(), "plugins", a.split("=", 1)[1]).plugins
     return []
 
 

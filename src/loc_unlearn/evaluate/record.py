@@ -51,11 +51,3 @@ class Point:
                    es_only=bool(d.get("es_only")), metrics=dict(d.get("metrics") or {}),
                    extra={k: v for k, v in d.items() if k not in known})
 
-
-def metric_names(points: list[dict]) -> list[str]:
-    """The extra metrics present in a list of point dicts, in first-seen order."""
-    seen: dict[str, None] = {}
-    for p in points:
-        for k in p.get("metrics") or {}:
-            seen.setdefault(k)
-    return list(seen)

@@ -60,10 +60,10 @@ def content_ref(text: str, key: str) -> ModelRef:
     return ref
 
 
-def _step(path: str, i: int) -> int:
-    """The step in a checkpoint folder's name (ckpt-120, checkpoint-120); else its position (1, 2, ...)."""
+def step_of(path, default: int) -> int:
+    """The step in a checkpoint folder's name (ckpt-120, checkpoint-120); else `default`."""
     m = re.search(r"(\d+)$", Path(path).name)
-    return int(m.group(1)) if m else i
+    return int(m.group(1)) if m else default
 
 
 def trajectory(cfg: Config, data: DataSource, init: str, checkpoints: list[str], reference: str) -> dict:
@@ -78,7 +78,7 @@ def trajectory(cfg: Config, data: DataSource, init: str, checkpoints: list[str],
         # eval.full_at=ends: ES alone between the end points, as an unlearn run does
         es_only = cfg.eval.full_at == "ends" and i < len(ckpts)
         met = evaluate(cfg, data, ck, ref, es_only=es_only)
-        points.append(Point.from_metrics(_step(text, i), met, model=text).to_dict())
+        points.append(Point.from_metrics(step_of(text, i), met, model=text).to_dict())
     summ = summarize_trajectory(points, envelope=cfg.eval.envelope, left_anchor=cfg.eval.left_anchor,
                                 mode=cfg.eval.mu95)
     inputs = {"init": init_ref.fingerprint, "checkpoints": [c.fingerprint for c in ckpts],

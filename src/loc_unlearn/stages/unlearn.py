@@ -19,7 +19,8 @@ from ..train import loop
 from ..train.objectives import hparams_from
 from ..utils import device_info, fault_point, is_main_process, sha256_file, write_json_atomic
 from .common import ModelRef
-from .evaluate import eval_key, evaluate, reference_truth_ratios
+from .data import needs_refusals
+from .evaluate import eval_key, evaluate, reference_truth_ratios, step_of
 
 
 def unlearn(cfg: Config, data: DataSource, model: ModelRef, mask_path: str | Path | None, reference: ModelRef,
@@ -36,7 +37,7 @@ def unlearn(cfg: Config, data: DataSource, model: ModelRef, mask_path: str | Pat
         retain = data.retain_rows()
         hp = hparams_from(ucfg)
         res = loop.train(m, tok, forget, retain, ucfg.method, ucfg.train, p / "train", mask=mask, hparams=hp,
-                         idk=data.idk(required=OBJECTIVES.get(ucfg.method).needs_idk),
+                         idk=data.idk(required=needs_refusals([ucfg.method])),
                          device=cfg.device)
         m = res.model  # theta_K, merged (a new object only under a sharding engine)
         sets = data.eval_sets()
@@ -62,7 +63,7 @@ def unlearn(cfg: Config, data: DataSource, model: ModelRef, mask_path: str | Pat
                     fault_point("evaluate_checkpoint")
                     if is_main_process():
                         write_json_atomic(done, met)
-                points.append(Point.from_metrics(_step_of(ck), met))
+                points.append(Point.from_metrics(step_of(ck, -1), met))
         points = [pt.to_dict() for pt in points]
         summ = summarize_trajectory(points, envelope=cfg.eval.envelope, left_anchor=cfg.eval.left_anchor,
                                     mode=cfg.eval.mu95)
@@ -86,8 +87,3 @@ def _eval_point(model, tok, sets, cfg: Config, ref_tr, last: bool) -> dict:
     """A trajectory point after theta_0: the full evaluation, or ES alone between the end points (eval.full_at)."""
     es_only = cfg.eval.full_at == "ends" and not last
     return evaluate_model(model, tok, sets, cfg.eval, reference_truth_ratios=ref_tr, es_only=es_only)
-
-
-def _step_of(ck) -> int:
-    name = Path(ck).name
-    return int(name.split("-")[-1]) if name.split("-")[-1].isdigit() else -1

@@ -52,9 +52,8 @@ def inject_job(cfg: Config, job: dict) -> dict:
     return job
 
 
-def _unlearn_run(cfg: Config, job: dict) -> tuple:
+def _unlearn_run(cfg: Config, data: DataSource, job: dict) -> tuple:
     """(unlearning run, theta_o) of one job; recomputes nothing that is cached (theta_r, theta_o, masks)."""
-    data = stages.data_source(cfg)
     theta_r = stages.retain_model(cfg, data)
     prep = stages.prepare_seed(cfg, data, theta_r, job["seed"])
     ucfg = method_config(cfg.unlearn, job["method"])
@@ -63,13 +62,14 @@ def _unlearn_run(cfg: Config, job: dict) -> tuple:
 
 def unlearn_job(cfg: Config, job: dict) -> dict:
     """One unlearning run."""
-    return common.unlearn_result(job, _unlearn_run(cfg, job)[0])
+    return common.unlearn_result(job, _unlearn_run(cfg, stages.data_source(cfg), job)[0])
 
 
 def attack_job(cfg: Config, job: dict) -> dict:
     """Relearning + quantization of one unlearning run's final and MU95 checkpoints (docs/attacks.md#attacks-in-the-studies)."""
-    run, theta_o = _unlearn_run(cfg, job)
-    return {**job, "rows": robustness.attack_unlearned(cfg, stages.data_source(cfg), job, run, theta_o)}
+    data = stages.data_source(cfg)
+    run, theta_o = _unlearn_run(cfg, data, job)
+    return {**job, "rows": robustness.attack_unlearned(cfg, data, job, run, theta_o)}
 
 
 def reference_job(cfg: Config, job: dict) -> dict:
@@ -88,11 +88,7 @@ def gather(cfg: Config, data: DataSource, outputs: dict[str, list[dict]]) -> dic
     preps = [stages.prepare_seed(cfg, data, theta_r, s) for s in range(cfg.study.seeds)]
     runs = outputs["unlearning runs"]
     res = {"ratio": cfg.inject.ratio, "setup": common.setup_info(cfg, data, theta_r.path),
-           "injection": [{k: v for k, v in pr["theta_o"].run.metrics().items()
-                          if k in ("seed", "forget_es", "target_es", "reached", "exact_greedy")} |
-                         {"full_ft_es": pr["theta_o"].run.metrics()["target_es"] / cfg.inject.target_es_fraction,
-                          "norm_ratio": pr["theta_o"].run.metrics().get("norm_ratio", {}).get("theta_o", {}).get("overall")}
-                         for pr in preps],
+           "injection": [_injection_row(cfg, pr["theta_o"].run.metrics()) for pr in preps],
            "runs": runs, "tests": paired_tests(runs, cfg.study.methods, cfg.eval.metrics),
            "fq_ceiling": fq_ceiling(len(data.eval_sets()["forget"])),
            "masks": [{"seed": pr["seed"], "name": r, "per_layer_counts": Mask.load(pr["masks"][r]).per_layer_counts()}
@@ -108,6 +104,13 @@ def gather(cfg: Config, data: DataSource, outputs: dict[str, list[dict]]) -> dic
         res["output_fit"] = stages.output_fit(cfg, data, theta_r, preps[0])
     res["positive_control"] = positive_control(cfg, data, theta_r, preps)
     return res
+
+
+def _injection_row(cfg: Config, met: dict) -> dict:
+    """results.json `injection` entry of one seed, from its inject run's metrics."""
+    return ({k: v for k, v in met.items() if k in ("seed", "forget_es", "target_es", "reached", "exact_greedy")} |
+            {"full_ft_es": met["target_es"] / cfg.inject.target_es_fraction,
+             "norm_ratio": met.get("norm_ratio", {}).get("theta_o", {}).get("overall")})
 
 
 def paired_tests(runs: list[dict], methods: list[str], extra: list[str] = ()) -> list[dict]:
