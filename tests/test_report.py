@@ -543,6 +543,8 @@ def test_headline_shows_p_before_and_after_holm_and_the_limits(tmp_path):
                          "cannot tell models apart; the paper's MU95 values (-14.87 to -16.84) come from TOFU forget10's "
                          "400 rows (docs/metrics.md#paper-reference-values). theta_o starts at log10 FQ -5.00 (mean over "
                          "3 seed(s)).")
+    assert limits[1].startswith("- Faithfulness (docs/studies.md#faithfulness): 1 of 5 criteria met (4 not recorded)")
+    del limits[1]  # tests/test_report.py::test_faithfulness_criteria_met_and_not checks it
     assert limits[1] == ("- Injection: 1 of 3 seed(s) reached the target forget ES (forget ES 0.930 / 0.930 / 0.930 vs "
                          "target 0.850); theta_o holds less of the forget set than designed, so there is less to unlearn.")
     sig = [f"{m} {lab}" for k, lab in (("aues", "AUES"), ("mu95", "MU95")) for m in METHODS if tests[m, k]["p_holm"] < 0.05]
@@ -590,13 +592,14 @@ def test_cli_summary_shows_both_p_and_the_limits(tmp_path, capsys):
             assert line.split()[8:10] == [f"{t['p_t']:.3f}", f"{t['p_holm']:.3f}"]
     start = out.index("Limits of this run (docs/studies.md#limits-of-a-run):")
     assert start > max(i for i, ln in enumerate(out) if ln.split()[:1] in (["npo"], ["wga"]))
-    block = out[start + 1:start + 5]
+    block = out[start + 1:start + 6]
     assert block[0].startswith("  FQ ceiling: with 40 forget rows per side") and "-22.73" in block[0]
+    assert block.pop(1).startswith("  Faithfulness (docs/studies.md#faithfulness): 1 of 5 criteria met")
     assert block[1].startswith("  Injection: 1 of 3 seed(s) reached the target forget ES")
     assert block[2].startswith("  Tests: p (paired t) is uncorrected; p (Holm) is corrected over the study's 4")
     assert "p < 0.05 uncorrected, not after Holm: wga AUES" in block[2]
     assert block[3] == "  Positive control: detected (paired t p = 0.012; one pre-specified test, not corrected)."
-    assert not any("**" in ln for ln in out[start:start + 5])
+    assert not any("**" in ln for ln in out[start:start + 6])
 
 
 def test_cli_summary_of_an_old_results_file_says_n_a(tmp_path, capsys):
@@ -635,3 +638,32 @@ def test_robustness_section_reads_significance_from_holm(tmp_path):
         assert cells.rstrip(" |").endswith(verdict), cells
     head = next(ln for ln in cli_lines(res) if "p(Holm)" in ln)
     assert head.index("p(t)") < head.index("p(Holm)")
+
+
+def test_faithfulness_criteria_met_and_not(tmp_path):
+    """Each faithfulness criterion (docs/studies.md#faithfulness) is judged from results.json's numbers: a
+    run that meets all five says 5 of 5; one with a weak injection and a norm signature says which two fail;
+    a results.json without the entries says they were not recorded."""
+    from loc_unlearn.report.tables import faithfulness, faithfulness_line
+
+    res, _ = _holm_study()
+    start = {r["seed"]: r["trajectory"][0] for r in res["runs"]}
+    for pt in start.values():
+        pt["log10_FQ"] = -5.0
+    res["theta_r"] = {"forget_es": 0.05, "retain_es": 0.99, "MU": 0.6, "MU_sets": ["retain", "general"]}
+    res["fq_ceiling"]["practical"] = {"ks_d": 0.6, "log10_fq": -9.0, "n_unseen": 40, "n_seen": 40,
+                                      "rows_for_minus_8": 60}
+    res["injection"] = [{"seed": s, "forget_es": 0.95, "target_es": 0.9, "reached": True, "norm_ratio": 1.2}
+                        for s in (0, 1, 2)]
+    assert [ok for _, ok in faithfulness(res)] == [True] * 5
+    assert faithfulness_line(res).startswith("Faithfulness (docs/studies.md#faithfulness): 5 of 5 criteria met")
+    res["injection"][1] |= {"forget_es": 0.30, "norm_ratio": 1.7}
+    for pt in start.values():
+        pt["log10_FQ"] = -4.0  # less than half of -9
+    got = faithfulness(res)
+    assert [ok for _, ok in got] == [True, True, False, False, False]
+    assert "0.300..0.950" in got[2][0] and "1.70" in got[3][0]
+    md = build_report(_write(tmp_path, res))["md"].read_text()
+    assert "2 of 5 criteria met" in md and "Practical FQ ceiling" in md and "-9.00" in md
+    del res["theta_r"], res["fq_ceiling"]["practical"]
+    assert "(3 not recorded)" in faithfulness_line(res)

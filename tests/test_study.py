@@ -233,3 +233,30 @@ def test_tests_carry_holm_over_the_family_and_the_fq_ceiling(study):
     assert res["fq_ceiling"]["n_forget"] == n == len(data.eval_sets()["forget"])
     sep = scipy.stats.ks_2samp(np.arange(n, dtype=float), np.arange(n, dtype=float) + n)
     assert res["fq_ceiling"]["log10_fq_min"] == pytest.approx(math.log10(sep.pvalue), abs=1e-9)
+
+
+def test_practical_fq_ceiling_and_theta_r_entry(study):
+    """fq_ceiling.practical is the KS test between theta_r's own forget and retain truth ratios, checked
+    against a KS statistic computed by hand (largest gap between the two empirical CDFs); rows_for_minus_8
+    is the smallest n at which the asymptotic tail 2 exp(-D^2 n) reaches 1e-8. results.json theta_r holds
+    theta_r's own ES and MU."""
+    import math
+
+    import numpy as np
+
+    from loc_unlearn import stages
+
+    cfg, _, res = study
+    data = stages.data_source(cfg)
+    m = stages.evaluate(cfg, data, stages.retain_model(cfg, data))
+    a, b = np.sort(m["forget"]["truth_ratio_raw"]), np.sort(m["retain"]["truth_ratio_raw"])
+    grid = np.concatenate([a, b])
+    d = max(abs(np.searchsorted(a, x, side="right") / len(a) - np.searchsorted(b, x, side="right") / len(b))
+            for x in grid)
+    p = res["fq_ceiling"]["practical"]
+    assert p["ks_d"] == pytest.approx(d, abs=1e-12) and (p["n_unseen"], p["n_seen"]) == (len(a), len(b))
+    assert p["log10_fq"] <= 0
+    n = p["rows_for_minus_8"]
+    assert 2 * math.exp(-d * d * n) <= 1e-8 < 2 * math.exp(-d * d * (n - 1))
+    assert res["theta_r"] == {"forget_es": m["forget"]["es"], "retain_es": m["retain"]["es"], "MU": m["MU"],
+                              "MU_sets": m["MU_sets"]}

@@ -207,6 +207,23 @@ def progress(iterable=None, **kw):
     return tqdm(iterable, **kw)
 
 
+def apply_threads(n: int) -> None:
+    """Config key `threads`: torch's CPU threads in this process (0 leaves torch's default, one per core)."""
+    if n:
+        import torch
+
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask: a container's or taskset's share, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def log(msg: str) -> None:
     if os.environ.get("LOC_UNLEARN_QUIET") != "1":
         print(f"[loc-unlearn] {msg}", flush=True)

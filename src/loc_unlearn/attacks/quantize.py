@@ -213,7 +213,8 @@ def _es_summary(model, tokenizer, eval_sets: dict, batch_size: int, es_floor: st
 
     out = {}
     for name, rows in eval_sets.items():
-        es = token_metrics(model, tokenizer, rows, batch_size=batch_size, es_floor=es_floor)["es"]
+        # answer_only: ES needs the answer pass alone (the paraphrased/perturbed passes would be thrown away)
+        es = token_metrics(model, tokenizer, rows, batch_size=batch_size, es_floor=es_floor, answer_only=True)["es"]
         out[f"{name}_es"] = sum(es) / len(es)
     if "forget_es" in out:
         out["FS"] = 1.0 - out["forget_es"]

@@ -172,12 +172,15 @@ def _epochs_for(steps: int, steps_per_epoch: int) -> float:
 def _measure(model, tokenizer, eval_sets, probe_idx, batch_size, es_floor) -> dict:
     from ..evaluate.token_metrics import token_metrics
 
-    es = token_metrics(model, tokenizer, eval_sets["forget"], batch_size=batch_size, es_floor=es_floor)["es"]
+    # answer_only: ES needs the answer pass alone (the paraphrased/perturbed passes would be thrown away)
+    es = token_metrics(model, tokenizer, eval_sets["forget"], batch_size=batch_size, es_floor=es_floor,
+                       answer_only=True)["es"]
     probe = [es[i] for i in probe_idx]
     out = {"probe_es": sum(probe) / len(probe), "forget_es": sum(es) / len(es)}
     out |= {"probe_fs": 1.0 - out["probe_es"], "forget_fs": 1.0 - out["forget_es"]}
     if eval_sets.get("retain"):
-        r = token_metrics(model, tokenizer, eval_sets["retain"], batch_size=batch_size, es_floor=es_floor)["es"]
+        r = token_metrics(model, tokenizer, eval_sets["retain"], batch_size=batch_size, es_floor=es_floor,
+                          answer_only=True)["es"]
         out["retain_es"] = sum(r) / len(r)
     out["forget_es_rows"] = es
     return out
@@ -299,7 +302,7 @@ def probe_es(model, tokenizer, forget_rows, probe_idx, batch_size: int = 16, es_
     from ..evaluate.token_metrics import token_metrics
 
     rows = [forget_rows[int(i)] for i in probe_idx]
-    es = token_metrics(model, tokenizer, rows, batch_size=batch_size, es_floor=es_floor)["es"]
+    es = token_metrics(model, tokenizer, rows, batch_size=batch_size, es_floor=es_floor, answer_only=True)["es"]
     return sum(es) / len(es)
 
 

@@ -40,6 +40,11 @@ class StudyConfig:
     """Localization methods (controlled study's localization check; localization benchmark)."""
     executor: Literal["local", "slurm", "debug"] = "local"
     """Run jobs in process, on SLURM through submitit, or with submitit's debug executor."""
+    workers: int = 1
+    """`executor=local`: worker processes that run a wave's independent jobs at once, each with `threads` torch
+    threads (studies/executor.py); 0 = one per available CPU core divided by `threads`. CPU only: with a GPU the
+    jobs run one at a time in this process. Not part of the study's key: the numbers do not depend on it (each
+    job computes the same cached runs in whichever process runs it; tests/test_workers.py)."""
     slurm_partition: str = ""
     """SLURM partition."""
     slurm_gpus: int = 1
@@ -65,6 +70,7 @@ class StudyConfig:
 
     def validate(self, where: str = "study") -> None:
         check_at_least(f"{where}.seeds", self.seeds, 1)
+        check_at_least(f"{where}.workers", self.workers, 0)
         for scope in self.scopes:
             if scope not in ("global", "per_layer"):
                 raise ConfigError(f"config key '{where}.scopes': expected 'global' or 'per_layer', got {scope!r}")
@@ -124,6 +130,12 @@ class Config:
     error). Under `accelerate launch` / torchrun 'cuda' is each process's own GPU (LOCAL_RANK). Not part of
     any run key: where a model ran does not name a different result (metrics.json records the device and
     dtype each run used)."""
+    threads: int = 0
+    """Torch CPU threads of every process (torch.set_num_threads); 0 = torch's default (one per core). On CPU the
+    float results can depend on it (how a reduction is split between threads), so a preset whose numbers must
+    not depend on the machine's core count pins it (tiny: 1, with study.workers=0 to use the other cores).
+    Part of a study's key, not of the stage runs' keys (like `device`: a run reused from another setting is
+    a run from other kernels)."""
     input_model: str = ""
     """The model a command operates on (`model=` of evaluate/localize/inject/unlearn): a run directory,
     a model folder or a hub id. (`model.path` is the preset's base model instead.)"""
@@ -159,6 +171,7 @@ class Config:
         # Literal coercion checks `device` from YAML and key=value; this also catches Config(device=...)
         # built in Python. Whether a GPU is present is checked where a model is placed (utils.place).
         check_device_setting(self.device)
+        check_at_least("threads", self.threads, 0)
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)
             if hasattr(section, "validate"):

@@ -97,6 +97,14 @@ def limits_lines(res: dict, per_test: bool = True) -> list[str]:
     if start:  # every run's first point is theta_o: where log10 FQ starts before any unlearning
         line += f" theta_o starts at log10 FQ {fmt(mean_std(start)[0], 2)} (mean over {len(start)} seed(s))."
     out.append(line)
+    practical = fq.get("practical") if isinstance(fq, dict) else None
+    if isinstance(practical, dict) and isnum(practical.get("log10_fq")):
+        need = practical.get("rows_for_minus_8")
+        out.append(f"Practical FQ ceiling (docs/metrics.md#practical-fq-ceiling): theta_r's truth ratios on unseen "
+                   f"(forget) vs trained-on (retain) authors differ by KS D {fmt(practical.get('ks_d'), 2)}, log10 FQ "
+                   f"{fmt(practical['log10_fq'], 2)}: about the lowest a perfectly injected theta_o could reach here"
+                   + (f"; log10 FQ <= -8 at this D needs about {need} rows per side." if need else "."))
+    out.append(faithfulness_line(res))
     inj = res.get("injection") or []
     if inj:
         reached = sum(bool(r.get("reached")) for r in inj)
@@ -142,6 +150,57 @@ def limits_lines(res: dict, per_test: bool = True) -> list[str]:
     else:
         out.append("Positive control: not in this results.json, so nothing shows this run could detect a real difference.")
     return out
+
+
+# What makes the controlled study a faithful instrument (docs/studies.md#faithfulness): theta_r does not know the
+# forget set, keeps the retain set, the injection stores the forget set in V_tgt without a norm signature, and
+# theta_o sits at least halfway to the practical FQ ceiling.
+FAITHFUL = {"theta_r_forget_es": 0.10, "theta_r_retain_es": 0.95, "inject_es": 0.90, "norm_ratio": 1.5,
+            "fq_fraction": 0.5}
+
+
+def faithfulness(res: dict) -> list[tuple[str, bool | None]]:
+    """(text, met) per criterion of docs/studies.md#faithfulness; met is None where results.json lacks it."""
+    f, out = FAITHFUL, []
+    tr = res.get("theta_r") or {}
+    fe, re_ = tr.get("forget_es"), tr.get("retain_es")
+    out.append((f"theta_r forget ES {fmt(fe)} (<= {f['theta_r_forget_es']:.2f})",
+                fe <= f["theta_r_forget_es"] if isnum(fe) else None))
+    out.append((f"theta_r retain ES {fmt(re_)} (>= {f['theta_r_retain_es']:.2f})",
+                re_ >= f["theta_r_retain_es"] if isnum(re_) else None))
+    inj = res.get("injection") or []
+    es = [r.get("forget_es") for r in inj if isnum(r.get("forget_es"))]
+    nr = [r.get("norm_ratio") for r in inj if isnum(r.get("norm_ratio"))]
+    out.append((f"injection forget ES {fmt(min(es)) if es else 'n/a'}..{fmt(max(es)) if es else 'n/a'} "
+                f"(>= {f['inject_es']:.2f})", min(es) >= f["inject_es"] if es else None))
+    out.append((f"V_tgt/rest norm ratio <= {fmt(max(nr), 2) if nr else 'n/a'} (<= {f['norm_ratio']})",
+                max(nr) <= f["norm_ratio"] if nr else None))
+    practical = (res.get("fq_ceiling") or {}).get("practical") or {}
+    start = {r["seed"]: r["trajectory"][0].get("log10_FQ") for r in res["runs"] if r.get("trajectory")}
+    start = [v for v in start.values() if isnum(v)]
+    ceil = practical.get("log10_fq")
+    if start and isnum(ceil):
+        got = mean_std(start)[0]
+        out.append((f"theta_o log10 FQ {fmt(got, 2)} vs practical ceiling {fmt(ceil, 2)} (at least halfway)",
+                    got <= f["fq_fraction"] * ceil))
+    else:
+        out.append(("theta_o vs the practical FQ ceiling", None))
+    return out
+
+
+def faithfulness_line(res: dict) -> str:
+    items = faithfulness(res)
+    known = [ok for _, ok in items if ok is not None]
+    mu = (res.get("theta_r") or {}).get("MU")
+    mu0 = {r["seed"]: r["trajectory"][0].get("MU") for r in res["runs"] if r.get("trajectory")}
+    mu0 = [v for v in mu0.values() if isnum(v)]
+    sets = (res.get("theta_r") or {}).get("MU_sets")
+    mus = ([f"theta_r {fmt(mu)}"] if isnum(mu) else []) + ([f"theta_0 {fmt(mean_std(mu0)[0])}"] if mu0 else [])
+    return (f"Faithfulness (docs/studies.md#faithfulness): {sum(known)} of {len(items)} criteria met"
+            + (f" ({len(items) - len(known)} not recorded)" if len(known) < len(items) else "") + ": "
+            + "; ".join(f"{t.removesuffix(': not recorded')}: {'met' if ok else 'NOT met' if ok is not None else 'not recorded'}"
+                        for t, ok in items)
+            + (f". Model Utility {', '.join(mus)}" + (f" (on {', '.join(sets)})" if sets else "") if mus else "") + ".")
 
 
 def comparison_table(res: dict, metric: str) -> Table:

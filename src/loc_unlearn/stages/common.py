@@ -71,6 +71,6 @@ def optional_model(text: str, key: str) -> ModelRef | None:
 def exact_match_rate(model, tok, rows, cfg: Config) -> dict:
     """Fraction of answers reproduced exactly by greedy decoding from the prompt (ES == 1,
     docs/metrics.md#extraction-strength-es), and the mean ES."""
-    tm = token_metrics(model, tok, rows, batch_size=cfg.eval.batch_size)
+    tm = token_metrics(model, tok, rows, batch_size=cfg.eval.batch_size, answer_only=True)  # ES: the answer pass
     es = tm["es"]
     return {"exact_greedy": sum(1 for e in es if e >= 1.0 - 1e-9) / max(1, len(es)), "mean_es": sum(es) / max(1, len(es))}

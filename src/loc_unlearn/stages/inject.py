@@ -48,7 +48,6 @@ def inject(cfg: Config, data: DataSource, theta_r: ModelRef, seed: int | None = 
     """theta_o: learn_reg on the forget set into V_tgt only (docs/studies.md#step-2-injection)."""
     seed = cfg.inject.seed if seed is None else seed
     mask_path = Path(cfg.inject.mask) if cfg.inject.mask else random_mask(cfg, data, theta_r, seed, cfg.inject.ratio)
-    target = cfg.inject.target_es_fraction * full_injection_es(cfg, data, theta_r)
 
     def build(p: Path) -> dict:
         model, tok = theta_r.load(cfg)
@@ -65,6 +64,9 @@ def inject(cfg: Config, data: DataSource, theta_r: ModelRef, seed: int | None = 
             mask.save(p / "mask.safetensors")
             save_model(model, tok, p / "model")
         em = exact_match_rate(model, tok, forget, cfg)
+        # The target only grades the result, so it is asked for last: a study's worker can train this seed
+        # while another builds the all-parameter injection (its run lock makes this wait for it if needed).
+        target = cfg.inject.target_es_fraction * full_injection_es(cfg, data, theta_r)
         # Injection fidelity (docs/studies.md#step-2-injection): V_tgt must not be findable by its norm alone (issue 11: ratio <= 1.5).
         return {"seed": seed, "forget_es": em["mean_es"], "exact_greedy": em["exact_greedy"],
                 "target_es": target, "reached": em["mean_es"] >= target, "train_s": round(train_s, 1),

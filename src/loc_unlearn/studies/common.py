@@ -27,7 +27,7 @@ from ..registry import LOCALIZERS, METRICS, OBJECTIVES
 from ..report import build_report
 from ..report.setup import PRESET_MODELS
 from ..runs import Run, cached
-from ..utils import write_json_atomic
+from ..utils import apply_threads, write_json_atomic
 from .executor import execute
 
 
@@ -64,7 +64,8 @@ def study_key(cfg: Config, name: str, data: DataSource) -> dict:
     # out too, so presets that carry it keep the study keys they had without it.
     config["model"] = {k: v for k, v in config["model"].items() if k != "arch"}
     # when SLURM signals a job only decides where it is requeued, and study keys stay as they were before it
-    config["study"] = {k: v for k, v in config["study"].items() if k != "slurm_signal_delay_s"}
+    # the worker processes do not change a number (tests/test_workers.py), so they do not name another study
+    config["study"] = {k: v for k, v in config["study"].items() if k not in ("slurm_signal_delay_s", "workers")}
     # a local data folder is named by its content (key["data"]), not by its path
     if cfg.data.source != "synthetic" and Path(cfg.data.source).is_dir():
         config["data"] = config["data"] | {"source": "folder"}
@@ -89,6 +90,7 @@ def plugin_fingerprints(cfg: Config) -> dict:
 def run_study(cfg: Config, study: Study) -> Path:
     """Run (or resume) `study`; returns its directory with results.json, report.html and report.md."""
     t0 = time.time()
+    apply_threads(cfg.threads)
     check_methods(cfg)  # every method name and hyperparameter (plug-ins loaded), before any work
     data = stages.data_source(cfg)
     key = study_key(cfg, study.name, data)

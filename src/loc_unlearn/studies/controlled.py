@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import scipy.stats
+
 from .. import stages
 from ..config import REGIONS, Config, method_config
 from ..data.source import DataSource
@@ -29,7 +31,8 @@ def design(cfg: Config) -> Study:
     """The controlled study as a `Study` (common.run_study runs it)."""
     # Waves in order, so no two jobs ever build the same shared run: theta_o per seed, then unlearning,
     # then (study.robustness) the quantized references and the attacks on every unlearned model.
-    waves = [Wave("inject (theta_o)", inject_job, [{"seed": s} for s in range(cfg.study.seeds)]),
+    # The all-parameter injection (the injections' target ES) is a job of the first wave, beside the seeds'.
+    waves = [Wave("inject (theta_o)", inject_job, [{"full": True}] + [{"seed": s} for s in range(cfg.study.seeds)]),
              Wave("unlearning runs", unlearn_job, enumerate_jobs(cfg))]
     if robustness.enabled(cfg):
         refs = [{"model": "theta_r"}] + [{"model": "theta_o", "seed": s} for s in range(cfg.study.seeds)]
@@ -46,9 +49,13 @@ def enumerate_jobs(cfg: Config) -> list[dict]:
 
 
 def inject_job(cfg: Config, job: dict) -> dict:
-    """theta_o and the two masks of one seed."""
+    """theta_o and the two masks of one seed, or ({"full": True}) the all-parameter injection that sets
+    the target ES."""
     data = stages.data_source(cfg)
-    stages.prepare_seed(cfg, data, stages.retain_model(cfg, data), job["seed"])
+    if job.get("full"):
+        stages.full_injection_es(cfg, data, stages.retain_model(cfg, data))
+    else:
+        stages.prepare_seed(cfg, data, stages.retain_model(cfg, data), job["seed"])
     return job
 
 
@@ -87,10 +94,13 @@ def gather(cfg: Config, data: DataSource, outputs: dict[str, list[dict]]) -> dic
     theta_r = stages.retain_model(cfg, data)
     preps = [stages.prepare_seed(cfg, data, theta_r, s) for s in range(cfg.study.seeds)]
     runs = outputs["unlearning runs"]
+    m_r = stages.evaluate(cfg, data, theta_r)  # cached: theta_r's own metrics (FQ's reference)
     res = {"ratio": cfg.inject.ratio, "setup": common.setup_info(cfg, data, theta_r.path),
            "injection": [_injection_row(cfg, pr["theta_o"].run.metrics()) for pr in preps],
            "runs": runs, "tests": paired_tests(runs, cfg.study.methods, cfg.eval.metrics),
-           "fq_ceiling": fq_ceiling(len(data.eval_sets()["forget"])),
+           "fq_ceiling": fq_ceiling(len(data.eval_sets()["forget"]), m_r),
+           "theta_r": {"forget_es": m_r["forget"]["es"], "retain_es": m_r["retain"]["es"], "MU": m_r["MU"],
+                       "MU_sets": m_r.get("MU_sets")},
            "masks": [{"seed": pr["seed"], "name": r, "per_layer_counts": Mask.load(pr["masks"][r]).per_layer_counts()}
                      for pr in preps for r in REGIONS]}
     if robustness.enabled(cfg):
@@ -121,11 +131,30 @@ def paired_tests(runs: list[dict], methods: list[str], extra: list[str] = ()) ->
     return with_holm([compare_groups(runs, m, metric) for m in methods for metric in ("aues", "mu95", *extra)])
 
 
-def fq_ceiling(n_forget: int) -> dict:
+def fq_ceiling(n_forget: int, theta_r_metrics: dict | None = None) -> dict:
     """results.json `fq_ceiling` (docs/metrics.md#fq-ceiling): the lowest log10 FQ this run can report with
     `n_forget` forget rows per side, the exact KS floor (fully separated truth ratios), or FQ's own floor
-    (1e-300) where that is higher (from about 500 rows per side)."""
-    return {"n_forget": n_forget, "log10_fq_min": max(ks_min_log10_p(n_forget), math.log10(FQ_FLOOR))}
+    (1e-300) where that is higher (from about 500 rows per side). With `theta_r_metrics` (theta_r's own
+    evaluation) also the practical ceiling (docs/metrics.md#practical-fq-ceiling): FQ between theta_r's truth
+    ratios on authors it never saw (the forget set) and on authors it was trained on (the retain eval set), the
+    gap a perfectly injected theta_o could show at best, and the rows per side that gap needs for log10 FQ <= -8."""
+    out = {"n_forget": n_forget, "log10_fq_min": max(ks_min_log10_p(n_forget), math.log10(FQ_FLOOR))}
+    tr = theta_r_metrics or {}
+    unseen = (tr.get("forget") or {}).get("truth_ratio_raw")
+    seen = (tr.get("retain") or {}).get("truth_ratio_raw")
+    if unseen and seen:
+        ks = scipy.stats.ks_2samp(unseen, seen)
+        d = float(ks.statistic)
+        out["practical"] = {"ks_d": d, "log10_fq": math.log10(max(float(ks.pvalue), FQ_FLOOR)),
+                            "n_unseen": len(unseen), "n_seen": len(seen),
+                            "rows_for_minus_8": rows_for_log10_p(d, -8.0)}
+    return out
+
+
+def rows_for_log10_p(d: float, log10_p: float) -> int | None:
+    """Rows per side at which a KS statistic `d` (equal sizes) reaches `log10_p`, by the asymptotic tail
+    p = 2 exp(-d^2 n) of the two-sided test with n = m (docs/metrics.md#practical-fq-ceiling); None for d = 0."""
+    return math.ceil(math.log(2 / 10 ** log10_p) / (d * d)) if d > 0 else None
 
 
 def localization_check(cfg: Config, data: DataSource, prep: dict) -> list[dict]:

@@ -1,6 +1,7 @@
 """Run a study's independent jobs in process or on a cluster through submitit.
 
-`local` runs jobs one after another in this process. `slurm` submits each job (e.g. seed x method x
+`local` runs jobs one after another in this process, or (study.workers) in a pool of worker processes on
+the CPU cores; either way the results are then read back from the cached runs in this process. `slurm` submits each job (e.g. seed x method x
 region) as one SLURM array task; `debug` uses submitit's in-process debug executor (tests). Jobs only
 ever write their own cached run directories, so a failed or preempted job is simply resubmitted and
 resumes from its last checkpoint. Results are gathered afterwards by calling the same job function
@@ -14,6 +15,7 @@ arguments, which resumes from that checkpoint.
 """
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from typing import Callable
@@ -22,7 +24,7 @@ from .. import stop
 from ..config import Config
 from ..errors import Preempted
 from ..plugins import load_plugins
-from ..utils import log, progress
+from ..utils import apply_threads, available_cpus, log, progress, resolve_device
 
 
 def _executor(cfg: Config, name: str):
@@ -47,7 +49,11 @@ def _executor(cfg: Config, name: str):
 def execute(cfg: Config, fn: Callable[[Config, dict], dict], jobs: list[dict], name: str = "jobs") -> list[dict]:
     """Run `fn(cfg, job)` for every job and return the results in job order."""
     if cfg.study.executor == "local":
-        return [fn(cfg, j) for j in progress(jobs, desc=name)]
+        n = local_workers(cfg, len(jobs))
+        if n <= 1:
+            return [fn(cfg, j) for j in progress(jobs, desc=name)]
+        _run_pool(cfg, fn, jobs, name, n)
+        return [fn(cfg, j) for j in jobs]  # every stage is complete: this only reads cached metrics
     ex = _executor(cfg, name)
     submitted = ex.map_array(StudyJob(fn), [cfg] * len(jobs), jobs)
     log(f"{name}: submitted {len(submitted)} jobs through submitit ({cfg.study.executor}); waiting")
@@ -55,6 +61,47 @@ def execute(cfg: Config, fn: Callable[[Config, dict], dict], jobs: list[dict], n
         j.result()  # raises if a job failed, with its log path
     # Gather: every stage is complete now, so this only reads cached metrics.
     return [fn(cfg, j) for j in jobs]
+
+
+def local_workers(cfg: Config, n_jobs: int) -> int:
+    """How many processes run a wave of `n_jobs` under the local executor (config study.workers, 0 = one
+    per available core / threads). One on a GPU: the jobs would share one device's memory."""
+    if n_jobs <= 1 or resolve_device(cfg.device).type != "cpu":
+        return 1
+    n = cfg.study.workers or max(1, available_cpus() // max(1, cfg.threads or available_cpus()))
+    return max(1, min(n, n_jobs))
+
+
+def _run_pool(cfg: Config, fn: Callable[[Config, dict], dict], jobs: list[dict], name: str, n: int) -> None:
+    """Build every job's runs in `n` spawned worker processes. Two jobs that need the same run never
+    build it twice: the runs' file locks make the second wait and then reuse it (runs.py). The first
+    job that fails stops the pool (jobs not started are cancelled) and its error is raised here."""
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    log(f"{name}: {len(jobs)} jobs in {n} worker processes ({cfg.threads or 'default'} torch threads each)")
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
+    with ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(cfg.threads,)) as pool:
+        futures = [pool.submit(StudyJob(fn), cfg, j) for j in jobs]
+        bar = progress(total=len(futures), desc=name)
+        try:
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                bar.update(len(done))
+                for f in done:
+                    if f.exception() is not None:
+                        for p in pending:
+                            p.cancel()
+                        raise f.exception()
+        finally:
+            bar.close()
+
+
+def _init_worker(threads: int) -> None:
+    # Quiet workers: only the wave's own progress bar (in the parent) is drawn; errors reach the parent.
+    os.environ["LOC_UNLEARN_QUIET"] = "1"
+    apply_threads(threads)
 
 
 class StudyJob:
@@ -72,6 +119,7 @@ class StudyJob:
 
     def __call__(self, cfg: Config, job: dict) -> dict:
         load_plugins(getattr(cfg, "plugins", ()))  # a fresh process on the cluster: plug-in methods first
+        apply_threads(cfg.threads)
         usr = _submitit_signal()
         requeue = signal.getsignal(usr) if usr else None
         try:
