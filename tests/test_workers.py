@@ -11,7 +11,9 @@ import pytest
 from loc_unlearn.config import build_config
 from loc_unlearn.errors import ConfigError
 
-SMALL = ["threads=1", "study.methods=npo", "study.localizers=", "study.output_fit=false"]
+# study.main_threads=2: the study's own process builds theta_r with 2 threads, the jobs run with 1 (in this
+# process when workers=1, which must switch to 1 thread for them, or in the workers)
+SMALL = ["threads=1", "study.main_threads=2", "study.methods=npo", "study.localizers=", "study.output_fit=false"]
 
 
 def _numbers(d, runs_dir) -> dict:
@@ -59,7 +61,7 @@ def test_local_workers_rules(monkeypatch):
     assert executor.local_workers(cfg, 100) == 3
 
 
-@pytest.mark.parametrize("key", ["study.workers=-1", "threads=-2"])
+@pytest.mark.parametrize("key", ["study.workers=-1", "threads=-2", "study.main_threads=-1"])
 def test_negative_workers_or_threads_name_the_key(key):
     with pytest.raises(ConfigError, match=key.split("=")[0]):
         build_config(overrides=[key])

@@ -216,6 +216,20 @@ def apply_threads(n: int) -> None:
             torch.set_num_threads(n)
 
 
+@contextmanager
+def torch_threads(n: int):
+    """`apply_threads(n)` for the duration of the block, then torch's previous thread count again."""
+    import torch
+
+    before = torch.get_num_threads()
+    apply_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def available_cpus() -> int:
     """CPU cores this process may run on (its affinity mask: a container's or taskset's share, not the host's)."""
     try:

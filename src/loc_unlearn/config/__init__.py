@@ -40,6 +40,11 @@ class StudyConfig:
     """Localization methods (controlled study's localization check; localization benchmark)."""
     executor: Literal["local", "slurm", "debug"] = "local"
     """Run jobs in process, on SLURM through submitit, or with submitit's debug executor."""
+    main_threads: int = 0
+    """Torch threads of the study's own process, which builds the shared inputs (base model, theta_r) alone before
+    any job runs and gathers the results after them (localization check, positive control, output fit); 0 =
+    `threads`. Jobs run with `threads` in whichever process runs them, so the numbers do not depend on
+    `workers`. The tiny preset gives this process 2 threads: nothing else runs beside it then."""
     workers: int = 1
     """`executor=local`: worker processes that run a wave's independent jobs at once, each with `threads` torch
     threads (studies/executor.py); 0 = one per available CPU core divided by `threads`. CPU only: with a GPU the
@@ -71,6 +76,7 @@ class StudyConfig:
     def validate(self, where: str = "study") -> None:
         check_at_least(f"{where}.seeds", self.seeds, 1)
         check_at_least(f"{where}.workers", self.workers, 0)
+        check_at_least(f"{where}.main_threads", self.main_threads, 0)
         for scope in self.scopes:
             if scope not in ("global", "per_layer"):
                 raise ConfigError(f"config key '{where}.scopes': expected 'global' or 'per_layer', got {scope!r}")

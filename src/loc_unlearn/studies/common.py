@@ -90,7 +90,7 @@ def plugin_fingerprints(cfg: Config) -> dict:
 def run_study(cfg: Config, study: Study) -> Path:
     """Run (or resume) `study`; returns its directory with results.json, report.html and report.md."""
     t0 = time.time()
-    apply_threads(cfg.threads)
+    apply_threads(cfg.study.main_threads or cfg.threads)  # this process's own work; jobs: executor.execute
     check_methods(cfg)  # every method name and hyperparameter (plug-ins loaded), before any work
     data = stages.data_source(cfg)
     key = study_key(cfg, study.name, data)

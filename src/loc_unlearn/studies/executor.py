@@ -24,7 +24,7 @@ from .. import stop
 from ..config import Config
 from ..errors import Preempted
 from ..plugins import load_plugins
-from ..utils import apply_threads, available_cpus, log, progress, resolve_device
+from ..utils import apply_threads, available_cpus, log, progress, resolve_device, torch_threads
 
 
 def _executor(cfg: Config, name: str):
@@ -51,7 +51,8 @@ def execute(cfg: Config, fn: Callable[[Config, dict], dict], jobs: list[dict], n
     if cfg.study.executor == "local":
         n = local_workers(cfg, len(jobs))
         if n <= 1:
-            return [fn(cfg, j) for j in progress(jobs, desc=name)]
+            with torch_threads(cfg.threads):  # a job's threads, as in a worker (study.main_threads is ours)
+                return [fn(cfg, j) for j in progress(jobs, desc=name)]
         _run_pool(cfg, fn, jobs, name, n)
         return [fn(cfg, j) for j in jobs]  # every stage is complete: this only reads cached metrics
     ex = _executor(cfg, name)
