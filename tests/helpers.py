@@ -27,6 +27,7 @@ MINI = [
     "unlearn.train.checkpoint_every=0.5", "unlearn.train.batch_size=4",
     "study.seeds=2", "study.methods=npo,rmu", "study.localizers=random,activation",
     "eval.max_new_tokens=6", "eval.batch_size=32",
+    "study.workers=1",  # jobs in this process, where tests can watch them (tests/test_workers.py runs the pool)
     "study.robustness=off",  # the tiny preset's attacks (docs/attacks.md): only tests/test_robustness_study.py runs them
 ]
 
