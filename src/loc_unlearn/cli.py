@@ -147,11 +147,13 @@ def main(argv: list[str] | None = None) -> int:
             if positional and not cmd.positional:
                 raise UserError(f"{name} takes key=value arguments only; got {' '.join(positional)!r}")
             _quiet_deepspeed()
-            if cfg.threads:
-                from .utils import apply_threads  # imports torch: only when the config pins the threads
+            if cfg.threads:  # config `threads`; restored afterwards when main() is called in process (tests)
+                from .utils import torch_threads  # imports torch: only when the config pins the threads
 
-                apply_threads(cfg.threads)
-            cmd.fn(cfg, *positional)
+                with torch_threads(cfg.threads):
+                    cmd.fn(cfg, *positional)
+            else:
+                cmd.fn(cfg, *positional)
     except WriteError as e:  # the same paragraph, now naming the runs dir too
         from .utils import write_failure_text
 

@@ -208,7 +208,9 @@ def progress(iterable=None, **kw):
 
 
 def apply_threads(n: int) -> None:
-    """Config key `threads`: torch's CPU threads in this process (0 leaves torch's default, one per core)."""
+    """Config key `threads`: torch's CPU threads in this process (0 leaves torch's default, one per core). The
+    entry points apply it (the CLI, studies.common.run_study, the study's worker processes); Python code that
+    calls stages directly applies it itself to get the CLI's numbers (float results depend on it)."""
     if n:
         import torch
 

@@ -45,9 +45,11 @@ def _finetune(runs_dir, fault, monkeypatch, capsys):
 def test_stop_signals_resume_bit_identical(tmp_path, mini_cfg, monkeypatch, capsys):
     from loc_unlearn import stages
     from loc_unlearn.runs import Run
+    from loc_unlearn.utils import torch_threads
 
     ccfg = mini_cfg(tmp_path / "clean", EVERY)
-    clean = stages.retain_model(ccfg, stages.data_source(ccfg)).run
+    with torch_threads(ccfg.threads):  # as the CLI runs it: float results depend on the thread count
+        clean = stages.retain_model(ccfg, stages.data_source(ccfg)).run
     runs = tmp_path / "stopped"
     stages.tiny_base(mini_cfg(runs))  # data + base model first: the faults hit the finetune stage
     for fault, status, says, ckpts in STOPS:
