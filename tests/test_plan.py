@@ -348,7 +348,7 @@ def test_arch_is_in_no_study_key():
 
     from loc_unlearn.studies.common import study_key
 
-    data = type("D", (), {"fingerprint": "x"})()  # the data's fingerprint is all a study key reads of it
+    data = type("D", (), {"eval_fingerprint": "x"})()  # the data's eval fingerprint is all a study key reads of it
     cfg = build_config("paper-llama3.1-8b")
     bare = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch={}))
     assert study_key(cfg, "controlled", data) == study_key(bare, "controlled", data)

@@ -36,6 +36,12 @@ class DataConfig:
     """Synthetic world: rows of real_authors_perturbed (TOFU has 100); pretrain covers their facts."""
     n_world_facts: int = 117
     """Synthetic world: rows of world_facts_perturbed (TOFU has 117); pretrain covers these facts."""
+    utility_sets: Literal["auto", "world", "general"] = "auto"
+    """Model Utility's two knowledge sets (docs/data.md#evaluation-sets): 'world' = the data's real_authors and
+    world_facts sets; 'general' = the project's general-knowledge sets (general_people, general_world: real
+    facts a small instruction model knows); 'auto' = general with synthetic data and a model other than the
+    tiny preset (a real model knows nothing of the synthetic world, so its MU there would be 0), else world
+    (a TOFU folder or hub id keeps TOFU's own sets)."""
 
     def validate(self, where: str = "data") -> None:
         check_at_least(f"{where}.n_authors", self.n_authors, 2)  # at least one forget and one retain author

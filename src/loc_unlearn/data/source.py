@@ -9,11 +9,16 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..utils import log, sha256_file, sha256_json
+from . import general_knowledge
 from .tofu import IDK_FILES, idk_file, load_idk, load_split, retain_split_for
 
 
 EVAL_SETS = {"forget": None, "retain": "retain_perturbed", "real_authors": "real_authors_perturbed",
              "world_facts": "world_facts_perturbed"}
+WORLD_SETS = ("real_authors", "world_facts")
+"""The data's own knowledge sets (TOFU's real authors and world facts; the synthetic world's are fictional)."""
+UTILITY_SETS = {"world": WORLD_SETS, "general": general_knowledge.GENERAL_SETS}
+"""Model Utility's knowledge sets by `data.utility_sets` (resolved: world or general), docs/data.md#evaluation-sets."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +35,24 @@ class DataSource:
     configured_retain_split: str = ""
     """`data.retain_split`; empty = the complement of the forget split (`retain_split`)."""
     max_eval_rows: int = 0
+    utility_sets: str = "world"
+    """Model Utility's knowledge sets (`data.utility_sets` resolved by stages.data_source): 'world' = the
+    data's real_authors / world_facts, 'general' = the project's general-knowledge sets."""
+
+    def __post_init__(self):
+        if self.utility_sets not in UTILITY_SETS:
+            raise DataError(f"DataSource.utility_sets={self.utility_sets!r}: expected one of {', '.join(UTILITY_SETS)} "
+                            f"(data.utility_sets=auto is resolved by stages.data_source)")
+
+    @property
+    def eval_fingerprint(self) -> str:
+        """The fingerprint of the eval sets, for the run keys of evaluations: the data's, and with the
+        general-knowledge sets also that file's content (so editing it evaluates again). Equal to
+        `fingerprint` with the data's own sets, so those run keys are the ones they always were."""
+        if self.utility_sets == "world":
+            return self.fingerprint
+        return sha256_json({"data": self.fingerprint, "utility_sets": self.utility_sets,
+                            "general_knowledge": general_knowledge.fingerprint()})
 
     @property
     def retain_split(self) -> str:
@@ -57,9 +80,12 @@ class DataSource:
         return load_idk(self.path)
 
     def eval_sets(self) -> dict[str, list[dict]]:
-        """The eval sets of docs/data.md#evaluation-sets. Real-authors / world-facts sets are optional (MU says which it used)."""
+        """The eval sets of docs/data.md#evaluation-sets: forget, retain and Model Utility's knowledge sets
+        (`utility_sets`). The data's real-authors / world-facts sets are optional (MU says which it used)."""
         sets = {}
         for name, split in EVAL_SETS.items():
+            if name in WORLD_SETS and self.utility_sets != "world":
+                continue
             split = split or f"{self.forget_split}_perturbed"
             try:
                 rows = self.rows(split)
@@ -68,9 +94,11 @@ class DataSource:
                     raise
                 log(f"eval set {split} not found in {self.source}; Model Utility will use the sets it has")
                 continue
-            if self.max_eval_rows:
-                rows = rows[: self.max_eval_rows]
             sets[name] = rows
+        if self.utility_sets == "general":
+            sets |= general_knowledge.general_sets()
+        if self.max_eval_rows:
+            sets = {name: rows[: self.max_eval_rows] for name, rows in sets.items()}
         return sets
 
 

@@ -2,7 +2,8 @@
 
 `evaluate_model` returns a JSON-serializable dict:
   FS, RS, MU, MU_sets, MU_terms, MU_note, FQ, log10_FQ, es_floor, and one dict per eval set
-  (forget / retain / real_authors / world_facts) with aggregates (n, es, em, prob, rouge_l,
+  (forget / retain / real_authors / world_facts, or general_people / general_world in place of the last two:
+  docs/data.md#evaluation-sets) with aggregates (n, es, em, prob, rouge_l,
   truth_ratio) and per-example lists (es_per, em_per, nll, prob_per, rouge_l_per, generations,
   truth_ratio_raw = R per example, the values Forget Quality compares), and `metrics`: {name: value} of the
   registered metrics named in eval.metrics (loc_unlearn.plugins.register_metric; {} when none).
@@ -14,12 +15,15 @@ import math
 import numpy as np
 from scipy import stats
 
+from ..data.source import UTILITY_SETS
 from ..errors import DataError, UserError
 from .generation import generate, rouge_l_recall
 from .token_metrics import token_metrics
 
-SET_NAMES = ("forget", "retain", "real_authors", "world_facts")
-MU_SETS = ("retain", "real_authors", "world_facts")
+SET_NAMES = ("forget", "retain", *UTILITY_SETS["world"], *UTILITY_SETS["general"])
+MU_SETS = ("retain", *UTILITY_SETS["world"])
+"""TOFU's Model Utility sets; with the project's general-knowledge sets, `GENERAL_MU_SETS` (`mu_sets`)."""
+GENERAL_MU_SETS = ("retain", *UTILITY_SETS["general"])
 FQ_FLOOR = 1e-300
 
 
@@ -79,13 +83,21 @@ def forget_quality(truth_ratios_model, truth_ratios_ref) -> tuple[float, float]:
     return p, math.log10(p)
 
 
+def mu_sets(sets) -> tuple[str, ...]:
+    """The sets Model Utility is computed on: retain and the two knowledge sets, the general-knowledge ones
+    when `sets` holds one of them (data.utility_sets=general), else TOFU's real authors and world facts."""
+    return GENERAL_MU_SETS if any(s in sets for s in GENERAL_MU_SETS[1:]) else MU_SETS
+
+
 def model_utility(sets: dict) -> tuple[float, list[str], dict, str]:
-    """Harmonic mean of {Prob, ROUGE-L, Truth ratio} x {retain, real authors, world facts} (docs/metrics.md#model-utility-mu).
+    """Harmonic mean of {Prob, ROUGE-L, Truth ratio} x {retain, real authors, world facts} (docs/metrics.md#model-utility-mu),
+    or x {retain, general_people, general_world} with the general-knowledge sets (`mu_sets`).
 
     Uses the sets (and numbers) that exist; the note says what was left out.
     """
     terms, missing = {}, []
-    for s in MU_SETS:
+    expected = mu_sets(sets)
+    for s in expected:
         if s not in sets:
             missing.append(s)
             continue
@@ -95,13 +107,16 @@ def model_utility(sets: dict) -> tuple[float, list[str], dict, str]:
                 missing.append(f"{s}/{k}")
             else:
                 terms[f"{s}/{k}"] = float(v)
-    used = [s for s in MU_SETS if s in sets]
+    used = [s for s in expected if s in sets]
     if not terms:
         return float("nan"), used, terms, "no Model Utility sets"
     vals = np.array(list(terms.values()))
     # hmean is 0 if any term is 0 (scipy requires non-negative values; tiny negatives cannot occur).
     mu = 0.0 if np.any(vals <= 0) else float(stats.hmean(vals))
     note = f"harmonic mean of {len(terms)} numbers" + (f"; missing: {', '.join(missing)}" if missing else "")
+    unused = [s for s in MU_SETS if s in sets and s not in expected]
+    if unused:  # both kinds given: the general-knowledge sets stand in for TOFU's, said so
+        note += f"; not in MU (general-knowledge sets used instead): {', '.join(unused)}"
     return mu, used, terms, note
 
 
@@ -155,7 +170,7 @@ def evaluate_model(model, tokenizer, eval_sets: dict, ecfg, reference_truth_rati
 
 def extra_metrics(model, tokenizer, eval_sets: dict, ecfg) -> dict:
     """{name: float} of the registered metrics named in ecfg.metrics (none without that field); `eval_sets` by
-    set name (forget, retain, real_authors, world_facts)."""
+    set name (forget, retain, and real_authors, world_facts or general_people, general_world)."""
     from ..registry import METRICS
 
     out = {}
@@ -181,5 +196,5 @@ def format_table(metrics: dict) -> str:
                          f"{f(m['truth_ratio'])}")
     lines.append(f"FS {f(metrics['FS'], 0)}  RS {f(metrics['RS'], 0)}  MU {f(metrics['MU'], 0)}  "
                  f"log10 FQ {f(metrics.get('log10_FQ'), 0)}")
-    lines.append(f"MU: {metrics.get('MU_note', '')}")
+    lines.append(f"MU on {', '.join(metrics.get('MU_sets') or []) or 'no sets'}: {metrics.get('MU_note', '')}")
     return "\n".join(lines)

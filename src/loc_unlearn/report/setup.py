@@ -85,6 +85,8 @@ def setup_table(res: dict) -> Table | None:
     if isinstance(info.get("n_retain"), int):
         add("retain split", f"{info.get('retain_split') or dc.get('retain_split') or 'complement'} "
                             f"({info['n_retain']} QA pairs)")
+    if isinstance(info.get("mu_sets"), list):
+        add("Model Utility sets", mu_sets_text(info["mu_sets"]))
     runs = res.get("runs") or []
     if res.get("study") == "controlled":
         seeds = sorted({r.get("seed") for r in runs if isinstance(r.get("seed"), int)})
@@ -96,6 +98,16 @@ def setup_table(res: dict) -> Table | None:
         return None
     notes = [] if su else ["Scale from the config (this study did not record `setup`; parameter count unknown)."]
     return Table(["setting", "value"], rows, notes)
+
+
+def mu_sets_text(sets: list) -> str:
+    """The sets Model Utility used, as the study recorded them (results.setup.mu_sets)."""
+    from ..data.general_knowledge import GENERAL_SETS
+
+    text = ", ".join(map(str, sets))
+    if any(s in GENERAL_SETS for s in sets):
+        text += " (the project's general-knowledge sets, docs/data.md#evaluation-sets)"
+    return text
 
 
 DOCS = "docs"
@@ -143,4 +155,8 @@ CONTROLLED_GLOSSARY = [
 def glossary(res: dict) -> list[str]:
     """Text blocks defining the report's metrics, each ending with where it is defined (`definition`)."""
     items = GLOSSARY + (CONTROLLED_GLOSSARY if res.get("study") == "controlled" else [])
+    sets = (res.get("setup") or {}).get("mu_sets") if isinstance(res.get("setup"), dict) else None
+    if isinstance(sets, list) and sets:  # name the sets this study's MU used (the default text names TOFU's)
+        items = [(k, ref, f"Model Utility: harmonic mean of Prob, ROUGE-L and truth ratio on the sets "
+                          f"{mu_sets_text(sets)}.") if k == "MU" else (k, ref, v) for k, ref, v in items]
     return [f"**{k}**: {v} Definition: `{definition(ref)}`." for k, ref, v in items]

@@ -18,7 +18,7 @@ process alone.
 
 | module       | stages (runs_dir/<stage>/<hash>)                                   |
 |--------------|---------------------------------------------------------------------|
-| data.py      | data (synthetic world); data_source, check_data                     |
+| data.py      | data (synthetic world); data_source, utility_sets, check_data       |
 | models.py    | base (tiny), finetune (theta_r, full-data model)                    |
 | masks.py     | localize (every mask, random ones included)                         |
 | inject.py    | inject_full (target ES), inject (theta_o); prepare_seed             |
@@ -30,7 +30,7 @@ process alone.
 from .analysis import output_fit, reset_region
 from .attacks import attack_train_config, checkpoint_model, qa_per_author, quantize, relearn
 from .common import ModelRef, exact_match_rate, looks_like_path, optional_model, ref_of_run, resolve_model
-from .data import check_data, data_source, synthetic_world, world_args
+from .data import check_data, data_source, synthetic_world, utility_sets, world_args
 from .evaluate import evaluate, eval_key, reference_truth_ratios, trajectory
 from .inject import full_injection_es, inject, prepare_seed
 from .masks import localize, random_mask
@@ -41,4 +41,5 @@ __all__ = ["ModelRef", "attack_train_config", "base_model", "check_data", "check
            "eval_key", "evaluate", "exact_match_rate", "finetune", "finetune_on", "full_injection_es", "inject",
            "localize", "looks_like_path", "optional_model", "output_fit", "prepare_seed", "qa_per_author",
            "quantize", "random_mask", "ref_of_run", "reference_truth_ratios", "relearn", "reset_region",
-           "resolve_model", "retain_model", "synthetic_world", "tiny_base", "trajectory", "unlearn", "world_args"]
+           "resolve_model", "retain_model", "synthetic_world", "tiny_base", "trajectory", "unlearn", "utility_sets",
+           "world_args"]

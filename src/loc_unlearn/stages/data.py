@@ -9,14 +9,14 @@ from pathlib import Path
 from ..config import Config
 from ..data.source import DataSource, folder_fingerprint
 from ..data.synthetic import GENERATOR_VERSION, write_world
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..registry import OBJECTIVES
 from ..runs import Run, cached
 
 
 def world_args(cfg: Config) -> dict:
     """The `data` fields that define the synthetic world (`write_world`'s arguments)."""
-    skip = {"source", "forget_split", "retain_split", "max_eval_rows"}
+    skip = {"source", "forget_split", "retain_split", "max_eval_rows", "utility_sets"}
     return {k: v for k, v in asdict(cfg.data).items() if k not in skip}
 
 
@@ -48,7 +48,20 @@ def data_source(cfg: Config) -> DataSource:
     else:
         path, fp = d.source, f"hub:{d.source}"
     return DataSource(path=path, fingerprint=fp, source=d.source, forget_split=d.forget_split,
-                      configured_retain_split=d.retain_split, max_eval_rows=d.max_eval_rows)
+                      configured_retain_split=d.retain_split, max_eval_rows=d.max_eval_rows,
+                      utility_sets=utility_sets(cfg))
+
+
+def utility_sets(cfg: Config) -> str:
+    """`data.utility_sets` resolved to 'world' or 'general' (docs/data.md#evaluation-sets). auto: general with
+    synthetic data and a model other than the tiny preset, whose own pretraining is the synthetic world's
+    facts; a TOFU folder or hub id keeps TOFU's real-author and world-fact sets."""
+    choice = cfg.data.utility_sets
+    if choice == "auto":
+        return "general" if cfg.data.source == "synthetic" and cfg.model.preset != "tiny" else "world"
+    if choice not in ("world", "general"):
+        raise ConfigError(f"config key 'data.utility_sets': expected one of ['auto', 'world', 'general'], got {choice!r}")
+    return choice
 
 
 def replay_rows(cfg: Config, data: DataSource) -> list[dict]:

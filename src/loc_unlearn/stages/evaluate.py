@@ -28,7 +28,7 @@ def evaluate(cfg: Config, data: DataSource, model: ModelRef, reference: ModelRef
         return evaluate_model(m, tok, data.eval_sets(), cfg.eval, reference_truth_ratios=ref_tr,
                               es_only=es_only) | device_info(m)
 
-    key = {"eval": eval_key(cfg), "model": model.fingerprint, "data": data.fingerprint,
+    key = {"eval": eval_key(cfg), "model": model.fingerprint, "data": data.eval_fingerprint,
            "reference": reference.fingerprint if reference and not es_only else ""} | ({"es_only": True} if es_only else {})
     return cached(cfg.runs_dir, "evaluate", key, build).metrics()
 

@@ -75,7 +75,7 @@ def unlearn(cfg: Config, data: DataSource, model: ModelRef, mask_path: str | Pat
     key = {"unlearn": asdict(ucfg) | {"mask": ""}, "eval": eval_key(cfg) | {k: getattr(cfg.eval, k) for k in
                                                              ("curve", "envelope", "left_anchor", "mu95")},
            "model": model.fingerprint, "mask": sha256_file(mask_path) if mask_path else "",
-           "reference": reference.fingerprint, "data": data.fingerprint}
+           "reference": reference.fingerprint, "data": data.eval_fingerprint}
     if cfg.eval.full_at != "all":  # only then: run keys from before the option stay as they were
         key["eval"]["full_at"] = cfg.eval.full_at
     if OBJECTIVES.fingerprint(ucfg.method):  # a plug-in: its source file's content names the run too

@@ -22,6 +22,7 @@ from ..config import Config
 from ..data.source import DataSource
 from ..errors import ConfigError
 from ..evaluate.record import Point
+from ..evaluate.tofu import mu_sets
 from ..plugins import check_methods
 from ..registry import LOCALIZERS, METRICS, OBJECTIVES
 from ..report import build_report
@@ -69,8 +70,11 @@ def study_key(cfg: Config, name: str, data: DataSource) -> dict:
     # a local data folder is named by its content (key["data"]), not by its path
     if cfg.data.source != "synthetic" and Path(cfg.data.source).is_dir():
         config["data"] = config["data"] | {"source": "folder"}
+    # the resolved choice of Model Utility's sets is in key["data"] (data.eval_fingerprint): auto and the value
+    # it resolves to name one study, and study keys from before the setting stay as they were
+    config["data"] = {k: v for k, v in config["data"].items() if k != "utility_sets"}
     key = {"study": name, "config": config | {"runs_dir": "", "out": "", "input_model": ""},
-           "data": data.fingerprint}
+           "data": data.eval_fingerprint}
     if cfg.plugins:  # a changed plug-in file is another study (its methods' own runs are keyed by it too)
         key["plugins"] = plugin_fingerprints(cfg)
     return key
@@ -167,6 +171,9 @@ def setup_info(cfg: Config, data: DataSource, model_dir) -> dict:
         info["n_retain"] = len(data.retain_rows())
         if cfg.data.source == "synthetic":
             info["n_authors"] = cfg.data.n_authors
+        # the sets Model Utility was computed on, as evaluate_model picks them (docs/data.md#evaluation-sets)
+        sets = data.eval_sets()
+        info["mu_sets"] = [s for s in mu_sets(sets) if s in sets]
     except Exception as e:  # noqa: BLE001
         notes.append(f"data sizes not read: {type(e).__name__}: {e}"[:300])
     if notes:
