@@ -359,3 +359,12 @@ def es_by_prefix_search(item, reproduces) -> float:
         lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
     assert ok(lo) and (lo == 0 or not ok(lo - 1))
     return 1.0 - lo / T
+
+
+def failing_job(cfg, job):
+    """A study job for tests/test_workers.py: fails on job 1 with a UserError, as a stage would on bad input."""
+    from loc_unlearn.errors import UserError
+
+    if job["i"] == 1:
+        raise UserError(f"job {job['i']}: bad input in some file")
+    return job

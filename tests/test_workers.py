@@ -65,3 +65,16 @@ def test_local_workers_rules(monkeypatch):
 def test_negative_workers_or_threads_name_the_key(key):
     with pytest.raises(ConfigError, match=key.split("=")[0]):
         build_config(overrides=[key])
+
+
+def test_a_failing_job_in_a_worker_raises_its_own_error_here():
+    """A job that fails in a worker process stops the wave with that job's error (its type and message),
+    not a pool traceback, so the CLI prints it as it would from one process."""
+    from helpers import failing_job
+
+    from loc_unlearn.errors import UserError
+    from loc_unlearn.studies.executor import execute
+
+    cfg = build_config(overrides=["study.workers=2", "threads=1", "device=cpu"])
+    with pytest.raises(UserError, match="job 1: bad input in some file"):
+        execute(cfg, failing_job, [{"i": i} for i in range(3)], "failing")
