@@ -9,12 +9,13 @@ BIN := $(VENV)/bin
 .PHONY: setup demo test test-all bench clean gpu-wheels
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q $(TORCH_REQ)
-	$(BIN)/python -m pip install -q -e ".[test]"
+	# constraints.txt: the versions the recorded numbers come from (float results change with them)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
 	touch $@
 
 demo: setup

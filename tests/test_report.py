@@ -543,7 +543,7 @@ def test_headline_shows_p_before_and_after_holm_and_the_limits(tmp_path):
                          "cannot tell models apart; the paper's MU95 values (-14.87 to -16.84) come from TOFU forget10's "
                          "400 rows (docs/metrics.md#paper-reference-values). theta_o starts at log10 FQ -5.00 (mean over "
                          "3 seed(s)).")
-    assert limits[1].startswith("- Faithfulness (docs/studies.md#faithfulness): 1 of 5 criteria met (4 not recorded)")
+    assert limits[1].startswith("- Faithfulness (docs/studies.md#faithfulness): 1 of 6 criteria met (5 not recorded)")
     del limits[1]  # tests/test_report.py::test_faithfulness_criteria_met_and_not checks it
     assert limits[1] == ("- Injection: 1 of 3 seed(s) reached the target forget ES (forget ES 0.930 / 0.930 / 0.930 vs "
                          "target 0.850); theta_o holds less of the forget set than designed, so there is less to unlearn.")
@@ -594,7 +594,7 @@ def test_cli_summary_shows_both_p_and_the_limits(tmp_path, capsys):
     assert start > max(i for i, ln in enumerate(out) if ln.split()[:1] in (["npo"], ["wga"]))
     block = out[start + 1:start + 6]
     assert block[0].startswith("  FQ ceiling: with 40 forget rows per side") and "-22.73" in block[0]
-    assert block.pop(1).startswith("  Faithfulness (docs/studies.md#faithfulness): 1 of 5 criteria met")
+    assert block.pop(1).startswith("  Faithfulness (docs/studies.md#faithfulness): 1 of 6 criteria met")
     assert block[1].startswith("  Injection: 1 of 3 seed(s) reached the target forget ES")
     assert block[2].startswith("  Tests: p (paired t) is uncorrected; p (Holm) is corrected over the study's 4")
     assert "p < 0.05 uncorrected, not after Holm: wga AUES" in block[2]
@@ -655,15 +655,20 @@ def test_faithfulness_criteria_met_and_not(tmp_path):
                                       "rows_for_minus_8": 60}
     res["injection"] = [{"seed": s, "forget_es": 0.95, "target_es": 0.9, "reached": True, "norm_ratio": 1.2}
                         for s in (0, 1, 2)]
-    assert [ok for _, ok in faithfulness(res)] == [True] * 5
-    assert faithfulness_line(res).startswith("Faithfulness (docs/studies.md#faithfulness): 5 of 5 criteria met")
+    for r in res["runs"]:
+        r["trajectory"][0]["RS"] = 0.95  # theta_o keeps the retain set (>= 0.9 x 0.99)
+    assert [ok for _, ok in faithfulness(res)] == [True] * 6
+    assert faithfulness_line(res).startswith("Faithfulness (docs/studies.md#faithfulness): 6 of 6 criteria met")
     res["injection"][1] |= {"forget_es": 0.30, "norm_ratio": 1.7}
     for pt in start.values():
         pt["log10_FQ"] = -4.0  # less than half of -9
+    for r in res["runs"]:
+        if r["seed"] == 0:  # one seed's theta_o (every run of that seed starts from it) lost part of the retain set
+            r["trajectory"][0]["RS"] = 0.80
     got = faithfulness(res)
-    assert [ok for _, ok in got] == [True, True, False, False, False]
-    assert "0.300..0.950" in got[2][0] and "1.70" in got[3][0]
+    assert [ok for _, ok in got] == [True, True, False, False, False, False]
+    assert "0.300..0.950" in got[2][0] and "1.70" in got[3][0] and "0.800" in got[4][0]
     md = build_report(_write(tmp_path, res))["md"].read_text()
-    assert "2 of 5 criteria met" in md and "Practical FQ ceiling" in md and "-9.00" in md
+    assert "2 of 6 criteria met" in md and "Practical FQ ceiling" in md and "-9.00" in md
     del res["theta_r"], res["fq_ceiling"]["practical"]
-    assert "(3 not recorded)" in faithfulness_line(res)
+    assert "(4 not recorded)" in faithfulness_line(res)

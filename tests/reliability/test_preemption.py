@@ -48,10 +48,10 @@ def test_stop_signals_resume_bit_identical(tmp_path, mini_cfg, monkeypatch, caps
     from loc_unlearn.utils import torch_threads
 
     ccfg = mini_cfg(tmp_path / "clean", EVERY)
+    runs = tmp_path / "stopped"
     with torch_threads(ccfg.threads):  # as the CLI runs it: float results depend on the thread count
         clean = stages.retain_model(ccfg, stages.data_source(ccfg)).run
-    runs = tmp_path / "stopped"
-    stages.tiny_base(mini_cfg(runs))  # data + base model first: the faults hit the finetune stage
+        stages.tiny_base(mini_cfg(runs))  # data + base model first: the faults hit the finetune stage
     for fault, status, says, ckpts in STOPS:
         if fault.startswith("before_manifest"):  # once in a real process: its exit status, no traceback
             p = run_cli(["finetune", *MINI, EVERY], runs, fault)

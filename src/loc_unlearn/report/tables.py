@@ -156,7 +156,7 @@ def limits_lines(res: dict, per_test: bool = True) -> list[str]:
 # forget set, keeps the retain set, the injection stores the forget set in V_tgt without a norm signature, and
 # theta_o sits at least halfway to the practical FQ ceiling.
 FAITHFUL = {"theta_r_forget_es": 0.10, "theta_r_retain_es": 0.95, "inject_es": 0.90, "norm_ratio": 1.5,
-            "fq_fraction": 0.5}
+            "retain_kept": 0.9, "fq_fraction": 0.5}
 
 
 def faithfulness(res: dict) -> list[tuple[str, bool | None]]:
@@ -175,6 +175,14 @@ def faithfulness(res: dict) -> list[tuple[str, bool | None]]:
                 f"(>= {f['inject_es']:.2f})", min(es) >= f["inject_es"] if es else None))
     out.append((f"V_tgt/rest norm ratio <= {fmt(max(nr), 2) if nr else 'n/a'} (<= {f['norm_ratio']})",
                 max(nr) <= f["norm_ratio"] if nr else None))
+    # the injection must not cost the retain set: theta_o's retain ES (every run's point 0) vs theta_r's
+    rs0 = [v for v in {r["seed"]: r["trajectory"][0].get("RS") for r in res["runs"] if r.get("trajectory")}.values()
+           if isnum(v)]
+    if rs0 and isnum(re_):
+        out.append((f"theta_o retain ES {fmt(min(rs0))} (>= {f['retain_kept']} x theta_r's {fmt(re_)})",
+                    min(rs0) >= f["retain_kept"] * re_))
+    else:
+        out.append(("theta_o retain ES vs theta_r's", None))
     practical = (res.get("fq_ceiling") or {}).get("practical") or {}
     start = {r["seed"]: r["trajectory"][0].get("log10_FQ") for r in res["runs"] if r.get("trajectory")}
     start = [v for v in start.values() if isnum(v)]

@@ -28,7 +28,7 @@ from ..registry import LOCALIZERS, METRICS, OBJECTIVES
 from ..report import build_report
 from ..report.setup import PRESET_MODELS
 from ..runs import Run, cached
-from ..utils import apply_threads, write_json_atomic
+from ..utils import torch_threads, write_json_atomic
 from .executor import execute
 
 
@@ -94,7 +94,6 @@ def plugin_fingerprints(cfg: Config) -> dict:
 def run_study(cfg: Config, study: Study) -> Path:
     """Run (or resume) `study`; returns its directory with results.json, report.html and report.md."""
     t0 = time.time()
-    apply_threads(cfg.study.main_threads or cfg.threads)  # this process's own work; jobs: executor.execute
     check_methods(cfg)  # every method name and hyperparameter (plug-ins loaded), before any work
     data = stages.data_source(cfg)
     key = study_key(cfg, study.name, data)
@@ -113,7 +112,9 @@ def run_study(cfg: Config, study: Study) -> Path:
         build_report(p)
         return {"elapsed_s": res["elapsed_s"], **({"tests": res["tests"]} if "tests" in res else {})}
 
-    return cached(cfg.runs_dir, f"study-{study.name}", key, build).path
+    # this process's own work (inputs, gather) with study.main_threads; the jobs: executor.execute
+    with torch_threads(cfg.study.main_threads or cfg.threads):
+        return cached(cfg.runs_dir, f"study-{study.name}", key, build).path
 
 
 def unlearn_result(job: dict, run: Run) -> dict:

@@ -120,7 +120,7 @@ class StudyJob:
 
     def __call__(self, cfg: Config, job: dict) -> dict:
         load_plugins(getattr(cfg, "plugins", ()))  # a fresh process on the cluster: plug-in methods first
-        apply_threads(cfg.threads)
+        apply_threads(getattr(cfg, "threads", 0))
         usr = _submitit_signal()
         requeue = signal.getsignal(usr) if usr else None
         try:
