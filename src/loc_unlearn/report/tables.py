@@ -92,8 +92,7 @@ def limits_lines(res: dict, per_test: bool = True) -> list[str]:
                 f"({PAPER_MU95}) come from TOFU forget10's 400 rows (docs/metrics.md#paper-reference-values).")
     else:
         line = "FQ ceiling: not recorded in this results.json (docs/metrics.md#fq-ceiling)."
-    start = {r["seed"]: r["trajectory"][0].get("log10_FQ") for r in res["runs"] if r.get("trajectory")}
-    start = [v for v in start.values() if isnum(v)]
+    start = theta_o_values(res, "log10_FQ")
     if start:  # every run's first point is theta_o: where log10 FQ starts before any unlearning
         line += f" theta_o starts at log10 FQ {fmt(mean_std(start)[0], 2)} (mean over {len(start)} seed(s))."
     out.append(line)
@@ -159,6 +158,12 @@ FAITHFUL = {"theta_r_forget_es": 0.10, "theta_r_retain_es": 0.95, "inject_es": 0
             "retain_kept": 0.9, "fq_fraction": 0.5}
 
 
+def theta_o_values(res: dict, key: str) -> list[float]:
+    """`key` of theta_o, one value per seed: every run's first trajectory point is its seed's theta_o."""
+    by_seed = {r["seed"]: r["trajectory"][0].get(key) for r in res["runs"] if r.get("trajectory")}
+    return [v for v in by_seed.values() if isnum(v)]
+
+
 def faithfulness(res: dict) -> list[tuple[str, bool | None]]:
     """(text, met) per criterion of docs/studies.md#faithfulness; met is None where results.json lacks it."""
     f, out = FAITHFUL, []
@@ -176,16 +181,14 @@ def faithfulness(res: dict) -> list[tuple[str, bool | None]]:
     out.append((f"V_tgt/rest norm ratio <= {fmt(max(nr), 2) if nr else 'n/a'} (<= {f['norm_ratio']})",
                 max(nr) <= f["norm_ratio"] if nr else None))
     # the injection must not cost the retain set: theta_o's retain ES (every run's point 0) vs theta_r's
-    rs0 = [v for v in {r["seed"]: r["trajectory"][0].get("RS") for r in res["runs"] if r.get("trajectory")}.values()
-           if isnum(v)]
+    rs0 = theta_o_values(res, "RS")
     if rs0 and isnum(re_):
         out.append((f"theta_o retain ES {fmt(min(rs0))} (>= {f['retain_kept']} x theta_r's {fmt(re_)})",
                     min(rs0) >= f["retain_kept"] * re_))
     else:
         out.append(("theta_o retain ES vs theta_r's", None))
     practical = (res.get("fq_ceiling") or {}).get("practical") or {}
-    start = {r["seed"]: r["trajectory"][0].get("log10_FQ") for r in res["runs"] if r.get("trajectory")}
-    start = [v for v in start.values() if isnum(v)]
+    start = theta_o_values(res, "log10_FQ")
     ceil = practical.get("log10_fq")
     if start and isnum(ceil):
         got = mean_std(start)[0]
@@ -200,8 +203,7 @@ def faithfulness_line(res: dict) -> str:
     items = faithfulness(res)
     known = [ok for _, ok in items if ok is not None]
     mu = (res.get("theta_r") or {}).get("MU")
-    mu0 = {r["seed"]: r["trajectory"][0].get("MU") for r in res["runs"] if r.get("trajectory")}
-    mu0 = [v for v in mu0.values() if isnum(v)]
+    mu0 = theta_o_values(res, "MU")
     sets = (res.get("theta_r") or {}).get("MU_sets")
     mus = ([f"theta_r {fmt(mu)}"] if isnum(mu) else []) + ([f"theta_0 {fmt(mean_std(mu0)[0])}"] if mu0 else [])
     return (f"Faithfulness (docs/studies.md#faithfulness): {sum(known)} of {len(items)} criteria met"
